@@ -135,7 +135,7 @@ mod tests {
 
     #[test]
     fn lsn_round_trips_through_text() {
-        let lsn = Lsn(0x1_16B3_748);
+        let lsn = Lsn(0x1_016B_3748);
         assert_eq!(lsn.to_string(), "1/16B3748");
         assert_eq!("1/16B3748".parse::<Lsn>(), Ok(lsn));
         assert!("16B3748".parse::<Lsn>().is_err());
