@@ -4,7 +4,9 @@ use std::fmt;
 use std::str::FromStr;
 
 /// A byte position in the PostgreSQL write-ahead log (XLogRecPtr).
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 pub struct Lsn(pub u64);
 
 impl Lsn {
@@ -35,7 +37,7 @@ impl Lsn {
         self.0.checked_sub(other.0)
     }
 
-    pub fn add(self, bytes: u64) -> Lsn {
+    pub fn plus(self, bytes: u64) -> Lsn {
         Lsn(self.0 + bytes)
     }
 }
@@ -68,7 +70,19 @@ impl FromStr for Lsn {
 }
 
 /// A Paxos term: a proposer's ballot number. Higher terms supersede lower ones.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Debug, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    Debug,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub struct Term(pub u64);
 
 impl fmt::Display for Term {
@@ -78,7 +92,9 @@ impl fmt::Display for Term {
 }
 
 /// Identifies one timeline (one linear WAL history) in tarn.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 pub struct TimelineId(pub u128);
 
 impl fmt::Display for TimelineId {
@@ -110,7 +126,9 @@ impl FromStr for TimelineId {
 }
 
 /// The database system identifier from `pg_control` (IDENTIFY_SYSTEM's `systemid`).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Default, Debug, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, Hash, Default, Debug, serde::Serialize, serde::Deserialize,
+)]
 pub struct SystemId(pub u64);
 
 impl fmt::Display for SystemId {
@@ -120,7 +138,19 @@ impl fmt::Display for SystemId {
 }
 
 /// Identifies one safekeeper node in a quorum.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Debug, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    Debug,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub struct NodeId(pub u64);
 
 impl fmt::Display for NodeId {

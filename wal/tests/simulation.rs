@@ -10,11 +10,20 @@ const STEPS_PER_SEED: u32 = 3000;
 
 #[test]
 fn quorum_survives_faults_across_seeds() {
-    let seeds: u64 = std::env::var("TARN_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(DEFAULT_SEEDS);
-    let first: u64 = std::env::var("TARN_SIM_FIRST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let seeds: u64 = std::env::var("TARN_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(DEFAULT_SEEDS);
+    let first: u64 = std::env::var("TARN_SIM_FIRST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     let mut totals = (0u64, 0u64, 0u64);
     for seed in first..first + seeds {
-        match run(&SimOptions { seed, steps: STEPS_PER_SEED }) {
+        match run(&SimOptions {
+            seed,
+            steps: STEPS_PER_SEED,
+        }) {
             Ok(outcome) => {
                 totals.0 += outcome.commits;
                 totals.1 += outcome.elections;
@@ -27,14 +36,23 @@ fn quorum_survives_faults_across_seeds() {
     assert!(totals.0 > seeds * 5, "too few commits: {totals:?}");
     assert!(totals.1 > seeds, "too few elections: {totals:?}");
     assert!(totals.2 > seeds, "too few safekeeper crashes: {totals:?}");
-    eprintln!("{seeds} seeds: {} commits, {} elections, {} safekeeper crashes", totals.0, totals.1, totals.2);
+    eprintln!(
+        "{seeds} seeds: {} commits, {} elections, {} safekeeper crashes",
+        totals.0, totals.1, totals.2
+    );
 }
 
 #[test]
 #[ignore]
 fn one_seed() {
-    let seed: u64 = std::env::var("SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
-    if let Err(f) = run(&SimOptions { seed, steps: STEPS_PER_SEED }) {
+    let seed: u64 = std::env::var("SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    if let Err(f) = run(&SimOptions {
+        seed,
+        steps: STEPS_PER_SEED,
+    }) {
         panic!("{f}");
     }
 }

@@ -48,15 +48,27 @@ pub struct ProposerSettings {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ProposerOutput {
-    Send { to: PeerIndex, msg: ProposerMessage },
+    Send {
+        to: PeerIndex,
+        msg: ProposerMessage,
+    },
     /// Drop this connection and open a new one, then call `on_connected`.
-    Reconnect { peer: PeerIndex, reason: String },
+    Reconnect {
+        peer: PeerIndex,
+        reason: String,
+    },
     /// Elected: stream WAL from Postgres starting here.
-    StartStreaming { from: Lsn },
+    StartStreaming {
+        from: Lsn,
+    },
     /// The quorum commit LSN advanced: report it to Postgres as flushed.
-    Committed { commit_lsn: Lsn },
+    Committed {
+        commit_lsn: Lsn,
+    },
     /// The proposer cannot continue (it lost its term, or its election failed).
-    Stopped { reason: String },
+    Stopped {
+        reason: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -150,7 +162,10 @@ impl Proposer {
     }
     /// Flush LSN each safekeeper acknowledged in this term (None if not following).
     pub fn peer_flush_lsns(&self) -> Vec<Option<Lsn>> {
-        self.peers.iter().map(|p| p.following.then_some(p.flush_lsn)).collect()
+        self.peers
+            .iter()
+            .map(|p| p.following.then_some(p.flush_lsn))
+            .collect()
     }
 
     /// Takes the outputs produced so far.
@@ -179,7 +194,8 @@ impl Proposer {
 
     fn reconnect(&mut self, peer: PeerIndex, reason: String) {
         self.reset_peer(peer);
-        self.outputs.push(ProposerOutput::Reconnect { peer, reason });
+        self.outputs
+            .push(ProposerOutput::Reconnect { peer, reason });
     }
 
     fn reset_peer(&mut self, peer: PeerIndex) {
@@ -192,7 +208,11 @@ impl Proposer {
         if self.stopped() || peer >= self.peers.len() {
             return;
         }
-        self.peers[peer] = Peer { connected: true, last_progress_ms: self.now_ms, ..Peer::default() };
+        self.peers[peer] = Peer {
+            connected: true,
+            last_progress_ms: self.now_ms,
+            ..Peer::default()
+        };
         let hello = Hello {
             protocol_version: PROTOCOL_VERSION,
             system_id: self.settings.system_id,
@@ -232,7 +252,8 @@ impl Proposer {
             // Waiting for an acknowledgement, for the handshake to finish, or for a
             // donor read: a connection that stays silent that long is presumed stuck.
             let waiting = !p.following || p.next_lsn > p.flush_lsn;
-            let read_stuck = p.read_in_flight.is_some() && now_ms.saturating_sub(p.read_sent_ms) > timeout;
+            let read_stuck =
+                p.read_in_flight.is_some() && now_ms.saturating_sub(p.read_sent_ms) > timeout;
             if read_stuck || (waiting && now_ms.saturating_sub(p.last_progress_ms) > timeout) {
                 self.reconnect(i, format!("no answer for {timeout} ms"));
             }
@@ -305,7 +326,11 @@ impl Proposer {
         self.peers[from].greeting = Some(m);
         match self.phase {
             Phase::Greeting => {
-                let greeted: Vec<&HelloReply> = self.peers.iter().filter_map(|p| p.greeting.as_ref()).collect();
+                let greeted: Vec<&HelloReply> = self
+                    .peers
+                    .iter()
+                    .filter_map(|p| p.greeting.as_ref())
+                    .collect();
                 if greeted.len() >= self.quorum() {
                     let max_term = greeted.iter().map(|g| g.term).max().unwrap_or_default();
                     self.term = Term(max_term.0 + 1);
@@ -332,7 +357,10 @@ impl Proposer {
     fn request_vote(&mut self, peer: PeerIndex) {
         if !self.peers[peer].vote_requested {
             self.peers[peer].vote_requested = true;
-            self.send(peer, ProposerMessage::VoteRequest(VoteRequest { term: self.term }));
+            self.send(
+                peer,
+                ProposerMessage::VoteRequest(VoteRequest { term: self.term }),
+            );
         }
     }
 
@@ -342,24 +370,18 @@ impl Proposer {
             return;
         }
         match self.phase {
-            Phase::Campaigning => {
-                // A refusal in our own term is a duplicate of a vote we already have, or
-                // a competitor with the same term; either way it is not a vote.
-                if m.vote_given && m.term == self.term {
-                    self.peers[from].voted_for_us = true;
-                    self.votes[from] = Some(m);
-                    if self.votes.iter().flatten().count() >= self.quorum() {
-                        self.become_elected();
-                    }
+            // A refusal in our own term is a duplicate of a vote we already have, or a
+            // competitor with the same term; either way it is not a vote.
+            Phase::Campaigning if m.vote_given && m.term == self.term => {
+                self.peers[from].voted_for_us = true;
+                self.votes[from] = Some(m);
+                if self.votes.iter().flatten().count() >= self.quorum() {
+                    self.become_elected();
                 }
             }
-            Phase::Elected => {
-                // A safekeeper that joins after the election: it has promised our term
-                // (or is below it), so it can follow our history.
-                if m.term == self.term || m.vote_given {
-                    self.announce(from);
-                }
-            }
+            // A safekeeper that joins after the election has promised our term (or is
+            // below it), so it can follow our history.
+            Phase::Elected if m.term == self.term || m.vote_given => self.announce(from),
             _ => {}
         }
     }
@@ -372,7 +394,9 @@ impl Proposer {
             .filter_map(|(i, v)| v.as_ref().map(|v| (i, v)))
             .max_by_key(|(_, v)| (v.term_history.last_term(), v.flush_lsn))
             .map(|(i, v)| (i, v.clone()));
-        let Some((donor_index, donor)) = donor else { return };
+        let Some((donor_index, donor)) = donor else {
+            return;
+        };
         self.donor = Some(donor_index);
         for v in self.votes.iter().flatten() {
             self.known_commit_lsn = self.known_commit_lsn.max(v.commit_lsn);
@@ -382,13 +406,17 @@ impl Proposer {
         } else {
             (donor.term_history.up_to(donor.flush_lsn), donor.flush_lsn)
         };
-        history.0.push(TermSwitch { term: self.term, lsn: start });
+        history.0.push(TermSwitch {
+            term: self.term,
+            lsn: start,
+        });
         self.history = history;
         self.term_start_lsn = start;
         self.wal_end = start;
         self.buffer.clear();
         self.phase = Phase::Elected;
-        self.outputs.push(ProposerOutput::StartStreaming { from: start });
+        self.outputs
+            .push(ProposerOutput::StartStreaming { from: start });
         for i in 0..self.peers.len() {
             if self.peers[i].voted_for_us {
                 self.announce(i);
@@ -397,19 +425,27 @@ impl Proposer {
     }
 
     fn announce(&mut self, peer: PeerIndex) {
-        let msg = Elected { term: self.term, term_history: self.history.clone() };
+        let msg = Elected {
+            term: self.term,
+            term_history: self.history.clone(),
+        };
         self.send(peer, ProposerMessage::Elected(msg));
     }
 
     /// WAL from Postgres, contiguous with what came before.
     pub fn on_wal(&mut self, start: Lsn, wal: Bytes) -> Result<(), String> {
         if self.phase != Phase::Elected {
-            return Err(format!("WAL at {start} arrived before the proposer was elected"));
+            return Err(format!(
+                "WAL at {start} arrived before the proposer was elected"
+            ));
         }
         if start != self.wal_end {
-            return Err(format!("WAL from Postgres starts at {start}, expected {}", self.wal_end));
+            return Err(format!(
+                "WAL from Postgres starts at {start}, expected {}",
+                self.wal_end
+            ));
         }
-        self.wal_end = start.add(wal.len() as u64);
+        self.wal_end = start.plus(wal.len() as u64);
         self.buffer.insert(start, wal);
         self.pump_all();
         self.trim_buffer();
@@ -422,7 +458,7 @@ impl Proposer {
         }
         // Hand the chunk straight to the laggards waiting for it rather than buffering
         // it: the buffer holds the newest WAL, which donor reads are older than.
-        let end = m.start_lsn.add(m.wal.len() as u64);
+        let end = m.start_lsn.plus(m.wal.len() as u64);
         let commit_lsn = self.commit_lsn.max(self.known_commit_lsn);
         for i in 0..self.peers.len() {
             let p = &self.peers[i];
@@ -430,7 +466,12 @@ impl Proposer {
                 continue;
             }
             let offset = (p.next_lsn.0 - m.start_lsn.0) as usize;
-            let append = AppendRequest { term: self.term, begin_lsn: p.next_lsn, commit_lsn, wal: m.wal.slice(offset..) };
+            let append = AppendRequest {
+                term: self.term,
+                begin_lsn: p.next_lsn,
+                commit_lsn,
+                wal: m.wal.slice(offset..),
+            };
             self.peers[i].next_lsn = end;
             self.send(i, ProposerMessage::Append(append));
         }
@@ -460,10 +501,15 @@ impl Proposer {
             let next = p.next_lsn;
             match self.buffer.get(next, MAX_APPEND_WAL_BYTES) {
                 Some(wal) => {
-                    let end = next.add(wal.len() as u64);
+                    let end = next.plus(wal.len() as u64);
                     self.peers[peer].next_lsn = end;
                     let commit_lsn = self.commit_lsn.max(self.known_commit_lsn);
-                    let append = AppendRequest { term: self.term, begin_lsn: next, commit_lsn, wal };
+                    let append = AppendRequest {
+                        term: self.term,
+                        begin_lsn: next,
+                        commit_lsn,
+                        wal,
+                    };
                     self.send(peer, ProposerMessage::Append(append));
                 }
                 None => {
@@ -481,7 +527,7 @@ impl Proposer {
             return;
         }
         let end = self.buffer.next_start_after(start).unwrap_or(self.wal_end);
-        let end = end.min(start.add(MAX_APPEND_WAL_BYTES as u64));
+        let end = end.min(start.plus(MAX_APPEND_WAL_BYTES as u64));
         let donor = (0..self.peers.len()).find(|&i| {
             let p = &self.peers[i];
             p.connected && p.following && p.flush_lsn > start && p.read_in_flight.is_none()
@@ -489,12 +535,23 @@ impl Proposer {
         if let Some(d) = donor {
             self.peers[d].read_in_flight = Some(start);
             self.peers[d].read_sent_ms = self.now_ms;
-            self.send(d, ProposerMessage::ReadWal(ReadWalRequest { start_lsn: start, end_lsn: end }));
+            self.send(
+                d,
+                ProposerMessage::ReadWal(ReadWalRequest {
+                    start_lsn: start,
+                    end_lsn: end,
+                }),
+            );
         }
     }
 
     fn update_commit(&mut self) {
-        let mut flushes: Vec<Lsn> = self.peers.iter().filter(|p| p.following).map(|p| p.flush_lsn).collect();
+        let mut flushes: Vec<Lsn> = self
+            .peers
+            .iter()
+            .filter(|p| p.following)
+            .map(|p| p.flush_lsn)
+            .collect();
         if flushes.len() < self.quorum() {
             return;
         }
@@ -506,7 +563,9 @@ impl Proposer {
         if quorum_flush >= self.term_start_lsn && quorum_flush > self.commit_lsn {
             self.commit_lsn = quorum_flush;
             self.known_commit_lsn = self.known_commit_lsn.max(quorum_flush);
-            self.outputs.push(ProposerOutput::Committed { commit_lsn: quorum_flush });
+            self.outputs.push(ProposerOutput::Committed {
+                commit_lsn: quorum_flush,
+            });
         }
     }
 
@@ -520,7 +579,8 @@ impl Proposer {
             .map(|p| p.flush_lsn)
             .min()
             .unwrap_or(self.commit_lsn);
-        self.buffer.trim(needed.min(self.commit_lsn), self.commit_lsn);
+        self.buffer
+            .trim(needed.min(self.commit_lsn), self.commit_lsn);
     }
 
     /// Whether the proposer can take more WAL from Postgres now. WAL not yet on a
@@ -542,7 +602,11 @@ struct WalBuffer {
 
 impl WalBuffer {
     fn new(max_bytes: u64) -> WalBuffer {
-        WalBuffer { chunks: BTreeMap::new(), bytes: 0, max_bytes }
+        WalBuffer {
+            chunks: BTreeMap::new(),
+            bytes: 0,
+            max_bytes,
+        }
     }
 
     fn clear(&mut self) {
@@ -569,14 +633,14 @@ impl WalBuffer {
     }
 
     fn next_start_after(&self, lsn: Lsn) -> Option<Lsn> {
-        self.chunks.range(lsn.add(1)..).next().map(|(l, _)| *l)
+        self.chunks.range(lsn.plus(1)..).next().map(|(l, _)| *l)
     }
 
     /// Drops whole chunks below `needed`, and committed chunks (below `commit`) while
     /// over the size limit.
     fn trim(&mut self, needed: Lsn, commit: Lsn) {
         while let Some((start, chunk)) = self.chunks.first_key_value() {
-            let end = start.add(chunk.len() as u64);
+            let end = start.plus(chunk.len() as u64);
             let unneeded = end <= needed;
             let evictable = end <= commit && self.bytes > self.max_bytes;
             if !(unneeded || evictable) {
@@ -593,8 +657,12 @@ impl WalBuffer {
         self.chunks
             .range(..)
             .map(|(start, chunk)| {
-                let end = start.add(chunk.len() as u64);
-                if end <= commit { 0 } else { end.0 - start.0.max(commit.0) }
+                let end = start.plus(chunk.len() as u64);
+                if end <= commit {
+                    0
+                } else {
+                    end.0 - start.0.max(commit.0)
+                }
             })
             .sum()
     }

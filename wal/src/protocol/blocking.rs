@@ -28,7 +28,12 @@ fn read_frame(r: &mut impl Read) -> Result<(u8, Bytes), FrameReadError> {
     while got < header.len() {
         match r.read(&mut header[got..]) {
             Ok(0) if got == 0 => return Err(FrameReadError::Closed),
-            Ok(0) => return Err(FrameReadError::Io(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed inside a frame header"))),
+            Ok(0) => {
+                return Err(FrameReadError::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed inside a frame header",
+                )));
+            }
             Ok(n) => got += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e.into()),
@@ -38,7 +43,10 @@ fn read_frame(r: &mut impl Read) -> Result<(u8, Bytes), FrameReadError> {
     let mut body = BytesMut::zeroed(h.body_len);
     r.read_exact(&mut body).map_err(|e| {
         if e.kind() == io::ErrorKind::UnexpectedEof {
-            io::Error::new(io::ErrorKind::UnexpectedEof, format!("connection closed inside a {}-byte frame body", h.body_len))
+            io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("connection closed inside a {}-byte frame body", h.body_len),
+            )
         } else {
             e
         }

@@ -16,18 +16,29 @@ const MAX_TEXT_BYTES: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ProtocolError {
-    #[error("wrong magic {found:#010x} in frame header (expected {PROTOCOL_MAGIC:#010x}): not a tarn peer")]
+    #[error(
+        "wrong magic {found:#010x} in frame header (expected {PROTOCOL_MAGIC:#010x}): not a tarn peer"
+    )]
     WrongMagic { found: u32 },
     #[error("frame body of {len} bytes exceeds the limit of {MAX_FRAME_BODY_BYTES} bytes")]
     FrameTooLarge { len: usize },
     #[error("unknown message kind {kind} for {direction}")]
     UnknownKind { kind: u8, direction: &'static str },
     #[error("truncated {message} frame: field {field} needs {needed} bytes, {remaining} remain")]
-    Truncated { message: &'static str, field: &'static str, needed: usize, remaining: usize },
+    Truncated {
+        message: &'static str,
+        field: &'static str,
+        needed: usize,
+        remaining: usize,
+    },
     #[error("{message} frame has {extra} unexpected trailing bytes")]
     TrailingBytes { message: &'static str, extra: usize },
     #[error("{message} frame field {field} is invalid: {detail}")]
-    InvalidField { message: &'static str, field: &'static str, detail: String },
+    InvalidField {
+        message: &'static str,
+        field: &'static str,
+        detail: String,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,7 +56,10 @@ pub fn decode_frame_header(bytes: &[u8; FRAME_HEADER_BYTES]) -> Result<FrameHead
     if body_len > MAX_FRAME_BODY_BYTES {
         return Err(ProtocolError::FrameTooLarge { len: body_len });
     }
-    Ok(FrameHeader { kind: bytes[4], body_len })
+    Ok(FrameHeader {
+        kind: bytes[4],
+        body_len,
+    })
 }
 
 mod kind {
@@ -128,7 +142,12 @@ impl Reader {
     fn take(&mut self, field: &'static str, n: usize) -> Result<&[u8], ProtocolError> {
         let remaining = self.body.len() - self.pos;
         if n > remaining {
-            return Err(ProtocolError::Truncated { message: self.message, field, needed: n, remaining });
+            return Err(ProtocolError::Truncated {
+                message: self.message,
+                field,
+                needed: n,
+                remaining,
+            });
         }
         let s = &self.body[self.pos..self.pos + n];
         self.pos += n;
@@ -171,7 +190,12 @@ impl Reader {
         }
         let remaining = self.body.len() - self.pos;
         if len > remaining {
-            return Err(ProtocolError::Truncated { message: self.message, field, needed: len, remaining });
+            return Err(ProtocolError::Truncated {
+                message: self.message,
+                field,
+                needed: len,
+                remaining,
+            });
         }
         let b = self.body.slice(self.pos..self.pos + len);
         self.pos += len;
@@ -189,23 +213,38 @@ impl Reader {
         // Each entry is 16 bytes: check before allocating so a lying count can't.
         let remaining = self.body.len() - self.pos;
         if n * 16 > remaining {
-            return Err(ProtocolError::Truncated { message: self.message, field, needed: n * 16, remaining });
+            return Err(ProtocolError::Truncated {
+                message: self.message,
+                field,
+                needed: n * 16,
+                remaining,
+            });
         }
         let mut v = Vec::with_capacity(n);
         for _ in 0..n {
-            v.push(TermSwitch { term: self.term(field)?, lsn: self.lsn(field)? });
+            v.push(TermSwitch {
+                term: self.term(field)?,
+                lsn: self.lsn(field)?,
+            });
         }
         let h = TermHistory(v);
         h.validate().map_err(|e| self.invalid(field, e))?;
         Ok(h)
     }
     fn invalid(&self, field: &'static str, detail: String) -> ProtocolError {
-        ProtocolError::InvalidField { message: self.message, field, detail }
+        ProtocolError::InvalidField {
+            message: self.message,
+            field,
+            detail,
+        }
     }
     fn finish(self) -> Result<(), ProtocolError> {
         let extra = self.body.len() - self.pos;
         if extra != 0 {
-            return Err(ProtocolError::TrailingBytes { message: self.message, extra });
+            return Err(ProtocolError::TrailingBytes {
+                message: self.message,
+                extra,
+            });
         }
         Ok(())
     }
@@ -234,7 +273,10 @@ pub fn encode_proposer_message(msg: &ProposerMessage) -> Bytes {
         }
         ProposerMessage::Append(m) => {
             let mut w = Writer::new(kind::APPEND, 28 + m.wal.len());
-            w.term(m.term).lsn(m.begin_lsn).lsn(m.commit_lsn).bytes(&m.wal);
+            w.term(m.term)
+                .lsn(m.begin_lsn)
+                .lsn(m.commit_lsn)
+                .bytes(&m.wal);
             w.finish()
         }
         ProposerMessage::ReadWal(m) => {
@@ -250,7 +292,11 @@ pub fn encode_safekeeper_message(msg: &SafekeeperMessage) -> Bytes {
     match msg {
         SafekeeperMessage::HelloReply(m) => {
             let mut w = Writer::new(kind::HELLO_REPLY, 40);
-            w.u64(m.node_id.0).term(m.term).lsn(m.timeline_start_lsn).lsn(m.flush_lsn).lsn(m.commit_lsn);
+            w.u64(m.node_id.0)
+                .term(m.term)
+                .lsn(m.timeline_start_lsn)
+                .lsn(m.flush_lsn)
+                .lsn(m.commit_lsn);
             w.finish()
         }
         SafekeeperMessage::Vote(m) => {
@@ -303,7 +349,10 @@ pub fn encode_safekeeper_message(msg: &SafekeeperMessage) -> Bytes {
 /// Upper bound on timelines in one status reply (bounds a hostile frame's allocation).
 const MAX_STATUS_TIMELINES: usize = 100_000;
 
-pub fn decode_proposer_message(kind_byte: u8, body: Bytes) -> Result<ProposerMessage, ProtocolError> {
+pub fn decode_proposer_message(
+    kind_byte: u8,
+    body: Bytes,
+) -> Result<ProposerMessage, ProtocolError> {
     let message = match kind_byte {
         kind::HELLO => "Hello",
         kind::VOTE_REQUEST => "VoteRequest",
@@ -311,9 +360,18 @@ pub fn decode_proposer_message(kind_byte: u8, body: Bytes) -> Result<ProposerMes
         kind::APPEND => "Append",
         kind::READ_WAL => "ReadWal",
         kind::STATUS => "Status",
-        _ => return Err(ProtocolError::UnknownKind { kind: kind_byte, direction: "proposer to safekeeper" }),
+        _ => {
+            return Err(ProtocolError::UnknownKind {
+                kind: kind_byte,
+                direction: "proposer to safekeeper",
+            });
+        }
     };
-    let mut r = Reader { body, pos: 0, message };
+    let mut r = Reader {
+        body,
+        pos: 0,
+        message,
+    };
     let msg = match kind_byte {
         kind::HELLO => ProposerMessage::Hello(Hello {
             protocol_version: r.u32("protocol_version")?,
@@ -322,7 +380,9 @@ pub fn decode_proposer_message(kind_byte: u8, body: Bytes) -> Result<ProposerMes
             pg_version: r.u32("pg_version")?,
             segment_size_bytes: r.u64("segment_size_bytes")?,
         }),
-        kind::VOTE_REQUEST => ProposerMessage::VoteRequest(VoteRequest { term: r.term("term")? }),
+        kind::VOTE_REQUEST => ProposerMessage::VoteRequest(VoteRequest {
+            term: r.term("term")?,
+        }),
         kind::ELECTED => ProposerMessage::Elected(Elected {
             term: r.term("term")?,
             term_history: r.history("term_history")?,
@@ -333,9 +393,17 @@ pub fn decode_proposer_message(kind_byte: u8, body: Bytes) -> Result<ProposerMes
             let commit_lsn = r.lsn("commit_lsn")?;
             let wal = r.bytes("wal", MAX_APPEND_WAL_BYTES)?;
             if begin_lsn.0.checked_add(wal.len() as u64).is_none() {
-                return Err(r.invalid("begin_lsn", format!("{begin_lsn} plus {} bytes overflows", wal.len())));
+                return Err(r.invalid(
+                    "begin_lsn",
+                    format!("{begin_lsn} plus {} bytes overflows", wal.len()),
+                ));
             }
-            ProposerMessage::Append(AppendRequest { term, begin_lsn, commit_lsn, wal })
+            ProposerMessage::Append(AppendRequest {
+                term,
+                begin_lsn,
+                commit_lsn,
+                wal,
+            })
         }
         kind::READ_WAL => ProposerMessage::ReadWal(ReadWalRequest {
             start_lsn: r.lsn("start_lsn")?,
@@ -347,7 +415,10 @@ pub fn decode_proposer_message(kind_byte: u8, body: Bytes) -> Result<ProposerMes
     Ok(msg)
 }
 
-pub fn decode_safekeeper_message(kind_byte: u8, body: Bytes) -> Result<SafekeeperMessage, ProtocolError> {
+pub fn decode_safekeeper_message(
+    kind_byte: u8,
+    body: Bytes,
+) -> Result<SafekeeperMessage, ProtocolError> {
     let message = match kind_byte {
         kind::HELLO_REPLY => "HelloReply",
         kind::VOTE => "Vote",
@@ -356,9 +427,18 @@ pub fn decode_safekeeper_message(kind_byte: u8, body: Bytes) -> Result<Safekeepe
         kind::WAL_CHUNK => "WalChunk",
         kind::STATUS_REPLY => "StatusReply",
         kind::REFUSED => "Refused",
-        _ => return Err(ProtocolError::UnknownKind { kind: kind_byte, direction: "safekeeper to proposer" }),
+        _ => {
+            return Err(ProtocolError::UnknownKind {
+                kind: kind_byte,
+                direction: "safekeeper to proposer",
+            });
+        }
     };
-    let mut r = Reader { body, pos: 0, message };
+    let mut r = Reader {
+        body,
+        pos: 0,
+        message,
+    };
     let msg = match kind_byte {
         kind::HELLO_REPLY => SafekeeperMessage::HelloReply(HelloReply {
             node_id: NodeId(r.u64("node_id")?),
@@ -409,7 +489,10 @@ pub fn decode_safekeeper_message(kind_byte: u8, body: Bytes) -> Result<Safekeepe
             }
             SafekeeperMessage::Status(StatusReply { node_id, timelines })
         }
-        _ => SafekeeperMessage::Refused(Refusal { term: r.term("term")?, reason: r.text("reason")? }),
+        _ => SafekeeperMessage::Refused(Refusal {
+            term: r.term("term")?,
+            reason: r.text("reason")?,
+        }),
     };
     r.finish()?;
     Ok(msg)
@@ -420,7 +503,8 @@ mod tests {
     use super::*;
 
     fn split(frame: &Bytes) -> (FrameHeader, Bytes) {
-        let header: [u8; FRAME_HEADER_BYTES] = frame[..FRAME_HEADER_BYTES].try_into().expect("header");
+        let header: [u8; FRAME_HEADER_BYTES] =
+            frame[..FRAME_HEADER_BYTES].try_into().expect("header");
         let h = decode_frame_header(&header).expect("valid header");
         assert_eq!(h.body_len, frame.len() - FRAME_HEADER_BYTES);
         (h, frame.slice(FRAME_HEADER_BYTES..))
@@ -428,8 +512,14 @@ mod tests {
 
     fn history() -> TermHistory {
         TermHistory(vec![
-            TermSwitch { term: Term(1), lsn: Lsn(0x100_0000) },
-            TermSwitch { term: Term(4), lsn: Lsn(0x100_8000) },
+            TermSwitch {
+                term: Term(1),
+                lsn: Lsn(0x100_0000),
+            },
+            TermSwitch {
+                term: Term(4),
+                lsn: Lsn(0x100_8000),
+            },
         ])
     }
 
@@ -444,14 +534,20 @@ mod tests {
                 segment_size_bytes: 16 << 20,
             }),
             ProposerMessage::VoteRequest(VoteRequest { term: Term(9) }),
-            ProposerMessage::Elected(Elected { term: Term(4), term_history: history() }),
+            ProposerMessage::Elected(Elected {
+                term: Term(4),
+                term_history: history(),
+            }),
             ProposerMessage::Append(AppendRequest {
                 term: Term(4),
                 begin_lsn: Lsn(0x100_8000),
                 commit_lsn: Lsn(0x100_7000),
                 wal: Bytes::from_static(b"walbytes"),
             }),
-            ProposerMessage::ReadWal(ReadWalRequest { start_lsn: Lsn(1), end_lsn: Lsn(2) }),
+            ProposerMessage::ReadWal(ReadWalRequest {
+                start_lsn: Lsn(1),
+                end_lsn: Lsn(2),
+            }),
             ProposerMessage::Status,
         ];
         for m in proposer {
@@ -475,9 +571,20 @@ mod tests {
                 timeline_start_lsn: Lsn(5),
                 term_history: history(),
             }),
-            SafekeeperMessage::ElectedAck(ElectedAck { term: Term(4), flush_lsn: Lsn(8), commit_lsn: Lsn(7) }),
-            SafekeeperMessage::AppendResponse(AppendResponse { term: Term(4), flush_lsn: Lsn(9), commit_lsn: Lsn(8) }),
-            SafekeeperMessage::WalChunk(WalChunk { start_lsn: Lsn(3), wal: Bytes::from_static(b"x") }),
+            SafekeeperMessage::ElectedAck(ElectedAck {
+                term: Term(4),
+                flush_lsn: Lsn(8),
+                commit_lsn: Lsn(7),
+            }),
+            SafekeeperMessage::AppendResponse(AppendResponse {
+                term: Term(4),
+                flush_lsn: Lsn(9),
+                commit_lsn: Lsn(8),
+            }),
+            SafekeeperMessage::WalChunk(WalChunk {
+                start_lsn: Lsn(3),
+                wal: Bytes::from_static(b"x"),
+            }),
             SafekeeperMessage::Status(StatusReply {
                 node_id: NodeId(1),
                 timelines: vec![TimelineStatus {
@@ -490,7 +597,10 @@ mod tests {
                     term_history: history(),
                 }],
             }),
-            SafekeeperMessage::Refused(Refusal { term: Term(4), reason: "no".into() }),
+            SafekeeperMessage::Refused(Refusal {
+                term: Term(4),
+                reason: "no".into(),
+            }),
         ];
         for m in safekeeper {
             let frame = encode_safekeeper_message(&m);
@@ -503,11 +613,17 @@ mod tests {
     fn hostile_frames_are_refused_with_a_reason() {
         let mut header = [0u8; FRAME_HEADER_BYTES];
         header[..4].copy_from_slice(b"GET ");
-        assert!(matches!(decode_frame_header(&header), Err(ProtocolError::WrongMagic { .. })));
+        assert!(matches!(
+            decode_frame_header(&header),
+            Err(ProtocolError::WrongMagic { .. })
+        ));
 
         header[..4].copy_from_slice(&PROTOCOL_MAGIC.to_le_bytes());
         header[5..9].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(matches!(decode_frame_header(&header), Err(ProtocolError::FrameTooLarge { .. })));
+        assert!(matches!(
+            decode_frame_header(&header),
+            Err(ProtocolError::FrameTooLarge { .. })
+        ));
 
         let frame = encode_proposer_message(&ProposerMessage::Append(AppendRequest {
             term: Term(1),
@@ -516,7 +632,8 @@ mod tests {
             wal: Bytes::from_static(b"abcdef"),
         }));
         let (h, body) = split(&frame);
-        let err = decode_proposer_message(h.kind, body.slice(..body.len() - 2)).expect_err("truncated");
+        let err =
+            decode_proposer_message(h.kind, body.slice(..body.len() - 2)).expect_err("truncated");
         assert!(err.to_string().contains("truncated Append frame"), "{err}");
 
         let mut long = body.to_vec();
@@ -524,7 +641,10 @@ mod tests {
         let err = decode_proposer_message(h.kind, Bytes::from(long)).expect_err("trailing");
         assert!(matches!(err, ProtocolError::TrailingBytes { extra: 1, .. }));
 
-        assert!(matches!(decode_proposer_message(99, Bytes::new()), Err(ProtocolError::UnknownKind { .. })));
+        assert!(matches!(
+            decode_proposer_message(99, Bytes::new()),
+            Err(ProtocolError::UnknownKind { .. })
+        ));
 
         // A history that claims more entries than the frame holds must not allocate them.
         let mut w = Writer::new(kind::ELECTED, 16);
@@ -541,6 +661,9 @@ mod tests {
             wal: Bytes::from_static(b"abc"),
         }));
         let (h, body) = split(&frame);
-        assert!(matches!(decode_proposer_message(h.kind, body), Err(ProtocolError::InvalidField { .. })));
+        assert!(matches!(
+            decode_proposer_message(h.kind, body),
+            Err(ProtocolError::InvalidField { .. })
+        ));
     }
 }

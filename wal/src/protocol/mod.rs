@@ -156,7 +156,7 @@ pub struct AppendRequest {
 
 impl AppendRequest {
     pub fn end_lsn(&self) -> Lsn {
-        self.begin_lsn.add(self.wal.len() as u64)
+        self.begin_lsn.plus(self.wal.len() as u64)
     }
 }
 
@@ -236,7 +236,10 @@ mod tests {
         TermHistory(
             entries
                 .iter()
-                .map(|&(t, l)| TermSwitch { term: Term(t), lsn: Lsn(l) })
+                .map(|&(t, l)| TermSwitch {
+                    term: Term(t),
+                    lsn: Lsn(l),
+                })
                 .collect(),
         )
     }
@@ -244,16 +247,25 @@ mod tests {
     #[test]
     fn common_point_follows_matching_terms() {
         // Same lineage, the safekeeper lags: common point is its own end.
-        assert_eq!(h(&[(1, 0)]).highest_common_point(Lsn(50), &h(&[(1, 0), (2, 100)])), Some(Lsn(50)));
+        assert_eq!(
+            h(&[(1, 0)]).highest_common_point(Lsn(50), &h(&[(1, 0), (2, 100)])),
+            Some(Lsn(50))
+        );
         // The safekeeper went further in term 1 than the new term's start: cut there.
-        assert_eq!(h(&[(1, 0)]).highest_common_point(Lsn(150), &h(&[(1, 0), (2, 100)])), Some(Lsn(100)));
+        assert_eq!(
+            h(&[(1, 0)]).highest_common_point(Lsn(150), &h(&[(1, 0), (2, 100)])),
+            Some(Lsn(100))
+        );
         // Divergent term 2 on the safekeeper, proposer continues term 1 into term 3.
         assert_eq!(
             h(&[(1, 0), (2, 80)]).highest_common_point(Lsn(150), &h(&[(1, 0), (3, 120)])),
             Some(Lsn(80))
         );
         // Nothing in common.
-        assert_eq!(h(&[(2, 0)]).highest_common_point(Lsn(10), &h(&[(1, 0), (3, 5)])), None);
+        assert_eq!(
+            h(&[(2, 0)]).highest_common_point(Lsn(10), &h(&[(1, 0), (3, 5)])),
+            None
+        );
         // Switches past the safekeeper's end do not count for it.
         assert_eq!(
             h(&[(1, 0), (2, 100)]).highest_common_point(Lsn(60), &h(&[(1, 0), (3, 90)])),

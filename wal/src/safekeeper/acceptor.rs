@@ -40,7 +40,10 @@ pub struct Step {
 
 impl Step {
     fn reply(msg: SafekeeperMessage) -> Step {
-        Step { ops: Vec::new(), reply: Reply::Now(msg) }
+        Step {
+            ops: Vec::new(),
+            reply: Reply::Now(msg),
+        }
     }
 }
 
@@ -70,12 +73,22 @@ impl Acceptor {
             commit_lsn: Lsn::INVALID,
             flush_lsn_hint: Lsn::INVALID,
         };
-        Acceptor { node_id, control, write_lsn: Lsn::INVALID, flush_lsn: Lsn::INVALID }
+        Acceptor {
+            node_id,
+            control,
+            write_lsn: Lsn::INVALID,
+            flush_lsn: Lsn::INVALID,
+        }
     }
 
     /// An existing timeline after restart; `flush_lsn` is the end of WAL recovery found.
     pub fn recover(node_id: NodeId, control: ControlState, flush_lsn: Lsn) -> Acceptor {
-        Acceptor { node_id, control, write_lsn: flush_lsn, flush_lsn }
+        Acceptor {
+            node_id,
+            control,
+            write_lsn: flush_lsn,
+            flush_lsn,
+        }
     }
 
     pub fn control(&self) -> &ControlState {
@@ -104,7 +117,10 @@ impl Acceptor {
     }
 
     fn refuse(&self, reason: String) -> Step {
-        Step::reply(SafekeeperMessage::Refused(Refusal { term: self.control.term, reason }))
+        Step::reply(SafekeeperMessage::Refused(Refusal {
+            term: self.control.term,
+            reason,
+        }))
     }
 
     /// Checks a proposer's `Hello` against this timeline.
@@ -122,7 +138,9 @@ impl Acceptor {
                 c.timeline_id, c.system_id, hello.system_id
             ));
         }
-        if hello.pg_version / 10000 != c.pg_version / 10000 || hello.segment_size_bytes != c.segment_size_bytes {
+        if hello.pg_version / 10000 != c.pg_version / 10000
+            || hello.segment_size_bytes != c.segment_size_bytes
+        {
             return self.refuse(format!(
                 "timeline {} holds WAL of Postgres {} with {}-byte segments; the proposer has Postgres {} with {}-byte segments",
                 c.timeline_id, c.pg_version, c.segment_size_bytes, hello.pg_version, hello.segment_size_bytes
@@ -172,7 +190,10 @@ impl Acceptor {
             return self.refuse(format!("election of term {}: {e}", msg.term));
         }
         let (Some(first), Some(last)) = (history.0.first(), history.0.last()) else {
-            return self.refuse(format!("election of term {} carries an empty term history", msg.term));
+            return self.refuse(format!(
+                "election of term {} carries an empty term history",
+                msg.term
+            ));
         };
         if last.term != msg.term {
             return self.refuse(format!(
@@ -197,7 +218,9 @@ impl Acceptor {
             let common = if start == Lsn::INVALID {
                 None
             } else {
-                self.control.term_history.highest_common_point(self.flush_lsn, history)
+                self.control
+                    .term_history
+                    .highest_common_point(self.flush_lsn, history)
             };
             // Nothing in common: everything we hold is from another lineage.
             let common = common.unwrap_or(first.lsn);
@@ -221,7 +244,13 @@ impl Acceptor {
                 }
                 ops.push(StorageOp::TruncateWal(common));
                 self.write_lsn = common;
-                self.flush_lsn = self.flush_lsn.min(common);
+                // A log that starts here holds everything before it (nothing), so its
+                // flush LSN is its start.
+                self.flush_lsn = if start == Lsn::INVALID {
+                    common
+                } else {
+                    self.flush_lsn.min(common)
+                };
             }
             self.control.term_history = history.clone();
             ops.push(StorageOp::PersistControl(self.control.clone()));
@@ -268,10 +297,16 @@ impl Acceptor {
             // Bytes below write_lsn came from this same term, so they are identical:
             // only the new suffix needs writing.
             let skip = (self.write_lsn.0 - req.begin_lsn.0) as usize;
-            ops.push(StorageOp::WriteWal { lsn: self.write_lsn, wal: req.wal.slice(skip..) });
+            ops.push(StorageOp::WriteWal {
+                lsn: self.write_lsn,
+                wal: req.wal.slice(skip..),
+            });
             self.write_lsn = end;
         }
-        Step { ops, reply: Reply::AfterFlush }
+        Step {
+            ops,
+            reply: Reply::AfterFlush,
+        }
     }
 
     /// Called once written WAL is durable; `record_end` is the end of the last complete
@@ -290,10 +325,28 @@ impl Acceptor {
         })
     }
 
+    /// The acknowledgement of what is durable now (after a flush that raced with a
+    /// truncation and so proves nothing new).
+    pub fn current_append_response(&self) -> SafekeeperMessage {
+        SafekeeperMessage::AppendResponse(AppendResponse {
+            term: self.control.term,
+            flush_lsn: self.flush_lsn,
+            commit_lsn: self.control.commit_lsn,
+        })
+    }
+
     /// Which WAL range to serve for a read: only durable, complete records.
-    pub fn check_read(&self, req: &ReadWalRequest, max_bytes: usize) -> Result<(Lsn, usize), Refusal> {
+    pub fn check_read(
+        &self,
+        req: &ReadWalRequest,
+        max_bytes: usize,
+    ) -> Result<(Lsn, usize), Refusal> {
         let start = self.control.timeline_start_lsn;
-        if start == Lsn::INVALID || req.start_lsn < start || req.start_lsn >= self.flush_lsn || req.end_lsn <= req.start_lsn {
+        if start == Lsn::INVALID
+            || req.start_lsn < start
+            || req.start_lsn >= self.flush_lsn
+            || req.end_lsn <= req.start_lsn
+        {
             return Err(Refusal {
                 term: self.control.term,
                 reason: format!(
@@ -345,7 +398,15 @@ mod tests {
     }
 
     fn history(entries: &[(u64, u64)]) -> TermHistory {
-        TermHistory(entries.iter().map(|&(t, l)| TermSwitch { term: Term(t), lsn: Lsn(l) }).collect())
+        TermHistory(
+            entries
+                .iter()
+                .map(|&(t, l)| TermSwitch {
+                    term: Term(t),
+                    lsn: Lsn(l),
+                })
+                .collect(),
+        )
     }
 
     fn refusal(step: &Step) -> String {
@@ -358,7 +419,10 @@ mod tests {
     fn elected_acceptor() -> Acceptor {
         let mut a = Acceptor::create(NodeId(1), &hello());
         a.handle_vote_request(&VoteRequest { term: Term(1) });
-        a.handle_elected(&Elected { term: Term(1), term_history: history(&[(1, 1000)]) });
+        a.handle_elected(&Elected {
+            term: Term(1),
+            term_history: history(&[(1, 1000)]),
+        });
         a
     }
 
@@ -368,7 +432,13 @@ mod tests {
         let s = a.handle_vote_request(&VoteRequest { term: Term(3) });
         assert!(matches!(s.ops[..], [StorageOp::PersistControl(ref c)] if c.term == Term(3)));
         let s = a.handle_vote_request(&VoteRequest { term: Term(3) });
-        assert!(matches!(s.reply, Reply::Now(SafekeeperMessage::Vote(VoteResponse { vote_given: false, .. }))));
+        assert!(matches!(
+            s.reply,
+            Reply::Now(SafekeeperMessage::Vote(VoteResponse {
+                vote_given: false,
+                ..
+            }))
+        ));
         assert!(s.ops.is_empty());
     }
 
@@ -377,6 +447,7 @@ mod tests {
         let a = elected_acceptor();
         assert_eq!(a.control().timeline_start_lsn, Lsn(1000));
         assert_eq!(a.write_lsn(), Lsn(1000));
+        assert_eq!(a.flush_lsn(), Lsn(1000));
     }
 
     #[test]
@@ -389,7 +460,9 @@ mod tests {
             wal: Bytes::from_static(b"12345678"),
         };
         assert!(refusal(&a.handle_append(&append(1, 2000))).contains("append beyond the end"));
-        assert!(refusal(&a.handle_append(&append(2, 1000))).contains("before that term's election"));
+        assert!(
+            refusal(&a.handle_append(&append(2, 1000))).contains("before that term's election")
+        );
         a.handle_vote_request(&VoteRequest { term: Term(5) });
         assert!(refusal(&a.handle_append(&append(1, 1000))).contains("from the past"));
         let mut other = hello();
@@ -410,16 +483,34 @@ mod tests {
         a.on_flushed(Lsn(1100));
         // Term 2 continued term 1 only up to 1050: our bytes above diverge.
         a.handle_vote_request(&VoteRequest { term: Term(2) });
-        let s = a.handle_elected(&Elected { term: Term(2), term_history: history(&[(1, 1000), (2, 1050)]) });
+        let s = a.handle_elected(&Elected {
+            term: Term(2),
+            term_history: history(&[(1, 1000), (2, 1050)]),
+        });
         assert!(s.ops.contains(&StorageOp::TruncateWal(Lsn(1050))));
         assert_eq!(a.flush_lsn(), Lsn(1050));
         // A duplicate announcement changes nothing.
-        assert!(a.handle_elected(&Elected { term: Term(2), term_history: history(&[(1, 1000), (2, 1050)]) }).ops.is_empty());
+        assert!(
+            a.handle_elected(&Elected {
+                term: Term(2),
+                term_history: history(&[(1, 1000), (2, 1050)])
+            })
+            .ops
+            .is_empty()
+        );
         // A history that would cut below the commit LSN is refused.
         let mut b = elected_acceptor();
-        b.handle_append(&AppendRequest { term: Term(1), begin_lsn: Lsn(1000), commit_lsn: Lsn(1090), wal: Bytes::from(vec![1u8; 100]) });
+        b.handle_append(&AppendRequest {
+            term: Term(1),
+            begin_lsn: Lsn(1000),
+            commit_lsn: Lsn(1090),
+            wal: Bytes::from(vec![1u8; 100]),
+        });
         b.on_flushed(Lsn(1100));
-        let s = b.handle_elected(&Elected { term: Term(3), term_history: history(&[(1, 1000), (3, 1020)]) });
+        let s = b.handle_elected(&Elected {
+            term: Term(3),
+            term_history: history(&[(1, 1000), (3, 1020)]),
+        });
         assert!(refusal(&s).contains("refusing to truncate committed WAL"));
     }
 }

@@ -40,7 +40,11 @@ pub struct ControlState {
 #[derive(Debug, thiserror::Error)]
 pub enum ControlFileError {
     #[error("cannot {action} control file {path}: {source}")]
-    Io { action: &'static str, path: PathBuf, source: std::io::Error },
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("control file {path} is corrupt: {detail}")]
     Corrupt { path: PathBuf, detail: String },
 }
@@ -72,28 +76,43 @@ impl ControlState {
     }
 
     pub fn decode(bytes: &[u8], path: &Path) -> Result<ControlState, ControlFileError> {
-        let corrupt = |detail: String| ControlFileError::Corrupt { path: path.to_path_buf(), detail };
+        let corrupt = |detail: String| ControlFileError::Corrupt {
+            path: path.to_path_buf(),
+            detail,
+        };
         if bytes.len() < 16 {
-            return Err(corrupt(format!("{} bytes is shorter than any control file", bytes.len())));
+            return Err(corrupt(format!(
+                "{} bytes is shorter than any control file",
+                bytes.len()
+            )));
         }
         let (content, crc_bytes) = bytes.split_at(bytes.len() - 4);
         let stored = u32::from_le_bytes([crc_bytes[0], crc_bytes[1], crc_bytes[2], crc_bytes[3]]);
         let computed = crc32c::crc32c(content);
         if stored != computed {
-            return Err(corrupt(format!("checksum mismatch (stored {stored:#010x}, computed {computed:#010x})")));
+            return Err(corrupt(format!(
+                "checksum mismatch (stored {stored:#010x}, computed {computed:#010x})"
+            )));
         }
-        let mut r = FieldReader { bytes: content, pos: 0 };
+        let mut r = FieldReader {
+            bytes: content,
+            pos: 0,
+        };
         let magic = r.u32().ok_or_else(|| corrupt("truncated header".into()))?;
         if magic != CONTROL_MAGIC {
             return Err(corrupt(format!("wrong magic {magic:#010x}")));
         }
         let version = r.u32().ok_or_else(|| corrupt("truncated header".into()))?;
         if version != CONTROL_FORMAT_VERSION {
-            return Err(corrupt(format!("format version {version} is not supported")));
+            return Err(corrupt(format!(
+                "format version {version} is not supported"
+            )));
         }
         let body_len = r.u32().ok_or_else(|| corrupt("truncated header".into()))? as usize;
         if body_len != content.len() - 12 {
-            return Err(corrupt(format!("body length {body_len} does not match the file")));
+            return Err(corrupt(format!(
+                "body length {body_len} does not match the file"
+            )));
         }
         let truncated = || corrupt("truncated body".into());
         let system_id = SystemId(r.u64().ok_or_else(truncated)?);
@@ -106,7 +125,9 @@ impl ControlState {
         let flush_lsn_hint = Lsn(r.u64().ok_or_else(truncated)?);
         let n = r.u32().ok_or_else(truncated)? as usize;
         if n.saturating_mul(16) != content.len() - r.pos {
-            return Err(corrupt(format!("term history of {n} entries does not fit the file")));
+            return Err(corrupt(format!(
+                "term history of {n} entries does not fit the file"
+            )));
         }
         let mut history = Vec::with_capacity(n);
         for _ in 0..n {
@@ -136,10 +157,19 @@ impl ControlState {
         let bytes = match fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(ControlFileError::Io { action: "read", path, source }),
+            Err(source) => {
+                return Err(ControlFileError::Io {
+                    action: "read",
+                    path,
+                    source,
+                });
+            }
         };
         if bytes.len() > MAX_CONTROL_FILE_BYTES {
-            return Err(ControlFileError::Corrupt { path, detail: format!("{} bytes is too large", bytes.len()) });
+            return Err(ControlFileError::Corrupt {
+                path,
+                detail: format!("{} bytes is too large", bytes.len()),
+            });
         }
         ControlState::decode(&bytes, &path).map(Some)
     }
@@ -150,14 +180,20 @@ impl ControlState {
         let tmp = dir.join(format!("{CONTROL_FILE_NAME}.tmp"));
         let io = |action: &'static str, p: &Path| {
             let p = p.to_path_buf();
-            move |source| ControlFileError::Io { action, path: p, source }
+            move |source| ControlFileError::Io {
+                action,
+                path: p,
+                source,
+            }
         };
         let mut f = fs::File::create(&tmp).map_err(io("create", &tmp))?;
         f.write_all(&self.encode()).map_err(io("write", &tmp))?;
         f.sync_all().map_err(io("fsync", &tmp))?;
         drop(f);
         fs::rename(&tmp, &path).map_err(io("rename", &path))?;
-        fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io("fsync the directory of", &path))?;
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io("fsync the directory of", &path))?;
         Ok(())
     }
 }
@@ -197,8 +233,14 @@ mod tests {
             timeline_start_lsn: Lsn(0x100_0000),
             term: Term(4),
             term_history: TermHistory(vec![
-                TermSwitch { term: Term(1), lsn: Lsn(0x100_0000) },
-                TermSwitch { term: Term(4), lsn: Lsn(0x180_0000) },
+                TermSwitch {
+                    term: Term(1),
+                    lsn: Lsn(0x100_0000),
+                },
+                TermSwitch {
+                    term: Term(4),
+                    lsn: Lsn(0x180_0000),
+                },
             ]),
             commit_lsn: Lsn(0x170_0000),
             flush_lsn_hint: Lsn(0x160_0000),

@@ -18,12 +18,12 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 
-use crate::protocol::{
-    ProposerMessage, SafekeeperMessage, decode_frame_header, decode_proposer_message,
-    decode_safekeeper_message, encode_proposer_message, encode_safekeeper_message, FRAME_HEADER_BYTES,
-    Refusal,
-};
 use crate::proposer::{Phase, Proposer, ProposerOutput, ProposerSettings};
+use crate::protocol::{
+    FRAME_HEADER_BYTES, ProposerMessage, Refusal, SafekeeperMessage, decode_frame_header,
+    decode_proposer_message, decode_safekeeper_message, encode_proposer_message,
+    encode_safekeeper_message,
+};
 use crate::safekeeper::{Acceptor, ControlState, Reply, StorageOp};
 use crate::{Lsn, NodeId, SystemId, TimelineId};
 
@@ -76,7 +76,11 @@ pub struct SimFailure {
 
 impl std::fmt::Display for SimFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "simulation seed {} failed at step {}: {}", self.seed, self.step, self.message)?;
+        writeln!(
+            f,
+            "simulation seed {} failed at step {}: {}",
+            self.seed, self.step, self.message
+        )?;
         writeln!(f, "last events:")?;
         for e in &self.trace {
             writeln!(f, "  {e}")?;
@@ -215,16 +219,25 @@ impl Sim {
             committed: Vec::new(),
             wal_generated: 0,
             trace: VecDeque::new(),
-            outcome: SimOutcome { seed, ..SimOutcome::default() },
+            outcome: SimOutcome {
+                seed,
+                ..SimOutcome::default()
+            },
             faults: true,
         }
     }
 
     fn log(&mut self, event: String) {
-        if self.trace.len() == std::env::var("TARN_SIM_TRACE").ok().and_then(|v| v.parse().ok()).unwrap_or(TRACE_EVENTS) {
+        if self.trace.len()
+            == std::env::var("TARN_SIM_TRACE")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(TRACE_EVENTS)
+        {
             self.trace.pop_front();
         }
-        self.trace.push_back(format!("[{} t={}ms] {event}", self.step, self.now_ms));
+        self.trace
+            .push_back(format!("[{} t={}ms] {event}", self.step, self.now_ms));
     }
 
     fn settings(&self) -> ProposerSettings {
@@ -268,11 +281,17 @@ impl Sim {
     // ---- safekeeper side ----
 
     fn deliver_to_safekeeper(&mut self, conn: Conn, s: usize, frame: Bytes) -> SimResult<()> {
-        let header: [u8; FRAME_HEADER_BYTES] =
-            frame[..FRAME_HEADER_BYTES].try_into().map_err(|_| "short frame".to_string())?;
+        let header: [u8; FRAME_HEADER_BYTES] = frame[..FRAME_HEADER_BYTES]
+            .try_into()
+            .map_err(|_| "short frame".to_string())?;
         let h = decode_frame_header(&header).map_err(|e| e.to_string())?;
-        let msg = decode_proposer_message(h.kind, frame.slice(FRAME_HEADER_BYTES..)).map_err(|e| e.to_string())?;
-        self.log(format!("sk{s} <- p{} {}", conn.proposer, describe_proposer_message(&msg)));
+        let msg = decode_proposer_message(h.kind, frame.slice(FRAME_HEADER_BYTES..))
+            .map_err(|e| e.to_string())?;
+        self.log(format!(
+            "sk{s} <- p{} {}",
+            conn.proposer,
+            describe_proposer_message(&msg)
+        ));
         let sk = &mut self.safekeepers[s];
         if let ProposerMessage::Hello(hello) = &msg
             && sk.acceptor.is_none()
@@ -283,7 +302,14 @@ impl Sim {
         }
         let Some(acceptor) = sk.acceptor.as_mut() else {
             let term = sk.control.as_ref().map(|c| c.term).unwrap_or_default();
-            return self.reply(conn, s, SafekeeperMessage::Refused(Refusal { term, reason: "unknown timeline".into() }));
+            return self.reply(
+                conn,
+                s,
+                SafekeeperMessage::Refused(Refusal {
+                    term,
+                    reason: "unknown timeline".into(),
+                }),
+            );
         };
         let step = match &msg {
             ProposerMessage::Hello(h) => acceptor.handle_hello(h),
@@ -305,7 +331,10 @@ impl Sim {
                 return self.reply(
                     conn,
                     s,
-                    SafekeeperMessage::Status(crate::protocol::StatusReply { node_id: NodeId(s as u64), timelines: vec![status] }),
+                    SafekeeperMessage::Status(crate::protocol::StatusReply {
+                        node_id: NodeId(s as u64),
+                        timelines: vec![status],
+                    }),
                 );
             }
         };
@@ -317,26 +346,43 @@ impl Sim {
                     let prev = if lsn == TIMELINE_START {
                         None
                     } else {
-                        scan_end_of_wal(&sk.disk.durable, TIMELINE_START, TIMELINE_START, SEGMENT_SIZE_BYTES).1
+                        scan_end_of_wal(
+                            &sk.disk.durable,
+                            TIMELINE_START,
+                            TIMELINE_START,
+                            SEGMENT_SIZE_BYTES,
+                        )
+                        .1
                     };
                     sk.tracker = Some(Tracker::new(lsn, prev, SEGMENT_SIZE_BYTES));
                 }
                 StorageOp::WriteWal { lsn, wal } => {
-                    let tracker = sk.tracker.as_mut().ok_or("write before the WAL start is known")?;
-                    let gap = crate::safekeeper::padding_gap(tracker.position(), lsn).map_err(|e| format!("sk{s}: {e}"))?;
+                    let tracker = sk
+                        .tracker
+                        .as_mut()
+                        .ok_or("write before the WAL start is known")?;
+                    let gap = crate::safekeeper::padding_gap(tracker.position(), lsn)
+                        .map_err(|e| format!("sk{s}: {e}"))?;
                     if gap > 0 {
                         let zeros = Bytes::from(vec![0u8; gap]);
-                        tracker.feed(&zeros).map_err(|e| format!("sk{s} padding at {}: {e}", tracker.position()))?;
+                        tracker
+                            .feed(&zeros)
+                            .map_err(|e| format!("sk{s} padding at {}: {e}", tracker.position()))?;
                         sk.disk.pending.push((Lsn(lsn.0 - gap as u64), zeros));
                     }
-                    tracker.feed(&wal).map_err(|e| format!("sk{s} got invalid WAL at {lsn}: {e}"))?;
+                    tracker
+                        .feed(&wal)
+                        .map_err(|e| format!("sk{s} got invalid WAL at {lsn}: {e}"))?;
                     sk.disk.pending.push((lsn, wal));
                 }
             }
         }
         let commit = acceptor.control().commit_lsn;
         if commit < sk.commit_seen {
-            return Err(format!("sk{s} commit LSN went back from {} to {commit}", sk.commit_seen));
+            return Err(format!(
+                "sk{s} commit LSN went back from {} to {commit}",
+                sk.commit_seen
+            ));
         }
         sk.commit_seen = commit;
         match step.reply {
@@ -423,10 +469,17 @@ impl Sim {
             self.log(format!("sk{s} restarts with no WAL"));
             return Ok(());
         }
-        let hint = if control.flush_lsn_hint == Lsn::INVALID { control.timeline_start_lsn } else { control.flush_lsn_hint };
-        let (end, prev) = scan_end_of_wal(&sk.disk.durable, TIMELINE_START, hint, SEGMENT_SIZE_BYTES);
+        let hint = if control.flush_lsn_hint == Lsn::INVALID {
+            control.timeline_start_lsn
+        } else {
+            control.flush_lsn_hint
+        };
+        let (end, prev) =
+            scan_end_of_wal(&sk.disk.durable, TIMELINE_START, hint, SEGMENT_SIZE_BYTES);
         if end < hint {
-            return Err(format!("sk{s} recovery found end of WAL {end} below its durable hint {hint}"));
+            return Err(format!(
+                "sk{s} recovery found end of WAL {end} below its durable hint {hint}"
+            ));
         }
         sk.disk.truncate(end);
         sk.tracker = Some(Tracker::new(end, prev, SEGMENT_SIZE_BYTES));
@@ -438,11 +491,16 @@ impl Sim {
     // ---- proposer side ----
 
     fn deliver_to_proposer(&mut self, p: usize, s: usize, frame: Bytes) -> SimResult<()> {
-        let header: [u8; FRAME_HEADER_BYTES] =
-            frame[..FRAME_HEADER_BYTES].try_into().map_err(|_| "short frame".to_string())?;
+        let header: [u8; FRAME_HEADER_BYTES] = frame[..FRAME_HEADER_BYTES]
+            .try_into()
+            .map_err(|_| "short frame".to_string())?;
         let h = decode_frame_header(&header).map_err(|e| e.to_string())?;
-        let msg = decode_safekeeper_message(h.kind, frame.slice(FRAME_HEADER_BYTES..)).map_err(|e| e.to_string())?;
-        self.log(format!("p{p} <- sk{s} {}", describe_safekeeper_message(&msg)));
+        let msg = decode_safekeeper_message(h.kind, frame.slice(FRAME_HEADER_BYTES..))
+            .map_err(|e| e.to_string())?;
+        self.log(format!(
+            "p{p} <- sk{s} {}",
+            describe_safekeeper_message(&msg)
+        ));
         self.proposers[p].core.on_message(s, msg);
         self.process_outputs(p)
     }
@@ -489,13 +547,23 @@ impl Sim {
         let prev = if from == TIMELINE_START {
             None
         } else {
-            let donor = self.proposers[p].core.donor().ok_or("elected without a donor")?;
+            let donor = self.proposers[p]
+                .core
+                .donor()
+                .ok_or("elected without a donor")?;
             let disk = &self.safekeepers[donor].disk;
-            let (end, prev) = scan_end_of_wal(&disk.durable[..(from.0 - TIMELINE_START.0) as usize], TIMELINE_START, TIMELINE_START, SEGMENT_SIZE_BYTES);
+            let (end, prev) = scan_end_of_wal(
+                &disk.durable[..(from.0 - TIMELINE_START.0) as usize],
+                TIMELINE_START,
+                TIMELINE_START,
+                SEGMENT_SIZE_BYTES,
+            );
             if end != from {
                 // The donor lost that WAL since it voted (a newer term truncated it);
                 // this proposer cannot win anything, so its compute can write junk.
-                self.log(format!("p{p}: donor sk{donor} no longer ends at {from} (ends at {end})"));
+                self.log(format!(
+                    "p{p}: donor sk{donor} no longer ends at {from} (ends at {end})"
+                ));
             }
             prev
         };
@@ -511,7 +579,10 @@ impl Sim {
     fn on_committed(&mut self, p: usize, commit: Lsn) -> SimResult<()> {
         let prop = &mut self.proposers[p];
         if commit < prop.committed {
-            return Err(format!("p{p} commit LSN went back from {} to {commit}", prop.committed));
+            return Err(format!(
+                "p{p} commit LSN went back from {} to {commit}",
+                prop.committed
+            ));
         }
         prop.committed = commit;
         self.outcome.commits += 1;
@@ -542,23 +613,29 @@ impl Sim {
         };
         let overlap = bytes.len().min(self.committed.len());
         if bytes[..overlap] != self.committed[..overlap] {
-            let at = (0..overlap).find(|&i| bytes[i] != self.committed[i]).unwrap_or(0);
+            let at = (0..overlap)
+                .find(|&i| bytes[i] != self.committed[i])
+                .unwrap_or(0);
             return Err(format!(
                 "two different WAL bytes committed at {}: p{p} (term {}) committed {commit}",
-                TIMELINE_START.add(at as u64),
+                TIMELINE_START.plus(at as u64),
                 self.proposers[p].core.term()
             ));
         }
         if bytes.len() > self.committed.len() {
             self.committed = bytes;
         }
-        self.outcome.committed_end = TIMELINE_START.add(self.committed.len() as u64);
+        self.outcome.committed_end = TIMELINE_START.plus(self.committed.len() as u64);
         self.log(format!("p{p} commits {commit}"));
         Ok(())
     }
 
     fn produce_wal(&mut self, p: usize) -> SimResult<()> {
-        let budget = if self.faults { MAX_WAL_BYTES_PER_SEED } else { MAX_WAL_BYTES_PER_SEED + HEAL_WAL_BYTES };
+        let budget = if self.faults {
+            MAX_WAL_BYTES_PER_SEED
+        } else {
+            MAX_WAL_BYTES_PER_SEED + HEAL_WAL_BYTES
+        };
         let budget_left = self.wal_generated < budget;
         let record_len = self.rng.range(1, 3000) as usize;
         let chunk = self.rng.range(1, 20_000) as usize;
@@ -566,7 +643,9 @@ impl Sim {
         if !prop.core.accepts_wal() {
             return Ok(());
         }
-        let Some(compute) = prop.compute.as_mut() else { return Ok(()) };
+        let Some(compute) = prop.compute.as_mut() else {
+            return Ok(());
+        };
         if budget_left {
             let bytes = compute.generator.append_record(record_len);
             self.wal_generated += bytes.len() as u64;
@@ -579,8 +658,10 @@ impl Sim {
         }
         let data: Vec<u8> = compute.unsent.drain(..n).collect();
         let start = compute.next_lsn;
-        compute.next_lsn = start.add(n as u64);
-        prop.core.on_wal(start, Bytes::from(data)).map_err(|e| format!("p{p}: {e}"))?;
+        compute.next_lsn = start.plus(n as u64);
+        prop.core
+            .on_wal(start, Bytes::from(data))
+            .map_err(|e| format!("p{p}: {e}"))?;
         self.process_outputs(p)
     }
 
@@ -594,12 +675,14 @@ impl Sim {
         let holders = self
             .safekeepers
             .iter()
-            .filter(|sk| sk.disk.durable.len() >= len && sk.disk.durable[..len] == self.committed[..])
+            .filter(|sk| {
+                sk.disk.durable.len() >= len && sk.disk.durable[..len] == self.committed[..]
+            })
             .count();
         if holders < MAJORITY {
             return Err(format!(
                 "committed WAL up to {} is durable on only {holders} safekeepers",
-                TIMELINE_START.add(len as u64)
+                TIMELINE_START.plus(len as u64)
             ));
         }
         Ok(())
@@ -614,7 +697,9 @@ impl Sim {
             0..=399 => self.deliver_one()?,
             400..=549 => {
                 let live: Vec<usize> = (0..self.proposers.len())
-                    .filter(|&p| self.proposers[p].alive && *self.proposers[p].core.phase() == Phase::Elected)
+                    .filter(|&p| {
+                        self.proposers[p].alive && *self.proposers[p].core.phase() == Phase::Elected
+                    })
                     .collect();
                 if !live.is_empty() {
                     let p = live[self.rng.below(live.len() as u64) as usize];
@@ -645,7 +730,10 @@ impl Sim {
             920..=939 if self.faults => {
                 if !self.network.is_empty() {
                     let i = self.rng.below(self.network.len() as u64) as usize;
-                    let dup = Packet { frame: self.network[i].frame.clone(), ..self.network[i] };
+                    let dup = Packet {
+                        frame: self.network[i].frame.clone(),
+                        ..self.network[i]
+                    };
                     self.network.push(dup);
                     self.log("a message is duplicated".into());
                 }
@@ -666,10 +754,19 @@ impl Sim {
                 let p = self.rng.below(8) as usize;
                 let s = self.rng.below(SAFEKEEPERS as u64) as usize;
                 self.partitioned[p][s] = !self.partitioned[p][s];
-                self.log(format!("link p*{p}/sk{s} {}", if self.partitioned[p][s] { "cut" } else { "healed" }));
+                self.log(format!(
+                    "link p*{p}/sk{s} {}",
+                    if self.partitioned[p][s] {
+                        "cut"
+                    } else {
+                        "healed"
+                    }
+                ));
             }
             985..=986 if self.faults => {
-                let live: Vec<usize> = (0..self.proposers.len()).filter(|&p| self.proposers[p].alive).collect();
+                let live: Vec<usize> = (0..self.proposers.len())
+                    .filter(|&p| self.proposers[p].alive)
+                    .collect();
                 if !live.is_empty() {
                     let p = live[self.rng.below(live.len() as u64) as usize];
                     self.proposers[p].alive = false;
@@ -714,7 +811,10 @@ impl Sim {
             return Ok(());
         }
         self.outcome.messages_delivered += 1;
-        let conn = Conn { proposer: p, epoch: pkt.epoch };
+        let conn = Conn {
+            proposer: p,
+            epoch: pkt.epoch,
+        };
         if pkt.to_safekeeper {
             self.deliver_to_safekeeper(conn, s, pkt.frame)
         } else {
@@ -727,7 +827,8 @@ impl Sim {
         for p in 0..self.proposers.len() {
             for s in 0..SAFEKEEPERS {
                 let pr = &self.proposers[p];
-                if pr.alive && pr.conns[s].is_none() && self.safekeepers[s].up && self.link_ok(p, s) {
+                if pr.alive && pr.conns[s].is_none() && self.safekeepers[s].up && self.link_ok(p, s)
+                {
                     candidates.push((p, s));
                 }
             }
@@ -770,12 +871,16 @@ pub fn run(options: &SimOptions) -> Result<SimOutcome, SimFailure> {
         let committed_before = sim.committed.len();
         for _ in 0..HEAL_STEPS {
             sim.step_once()?;
-            let elected = sim.proposers.iter().any(|p| p.alive && p.committed >= p.core.term_start_lsn() && p.committed != Lsn::INVALID);
+            let elected = sim.proposers.iter().any(|p| {
+                p.alive && p.committed >= p.core.term_start_lsn() && p.committed != Lsn::INVALID
+            });
             if elected && sim.committed.len() > committed_before {
                 return Ok(());
             }
         }
-        Err(format!("no progress in {HEAL_STEPS} fault-free steps after healing"))
+        Err(format!(
+            "no progress in {HEAL_STEPS} fault-free steps after healing"
+        ))
     })();
     match result {
         Ok(()) => Ok(sim.outcome),
@@ -793,7 +898,13 @@ fn describe_proposer_message(m: &ProposerMessage) -> String {
         ProposerMessage::Hello(_) => "Hello".into(),
         ProposerMessage::VoteRequest(v) => format!("VoteRequest(term {})", v.term),
         ProposerMessage::Elected(e) => format!("Elected(term {}, {:?})", e.term, e.term_history.0),
-        ProposerMessage::Append(a) => format!("Append(term {}, {}..{}, commit {})", a.term, a.begin_lsn, a.end_lsn(), a.commit_lsn),
+        ProposerMessage::Append(a) => format!(
+            "Append(term {}, {}..{}, commit {})",
+            a.term,
+            a.begin_lsn,
+            a.end_lsn(),
+            a.commit_lsn
+        ),
         ProposerMessage::ReadWal(r) => format!("ReadWal({}..{})", r.start_lsn, r.end_lsn),
         ProposerMessage::Status => "Status".into(),
     }
@@ -801,11 +912,22 @@ fn describe_proposer_message(m: &ProposerMessage) -> String {
 
 fn describe_safekeeper_message(m: &SafekeeperMessage) -> String {
     match m {
-        SafekeeperMessage::HelloReply(h) => format!("HelloReply(term {}, flush {})", h.term, h.flush_lsn),
-        SafekeeperMessage::Vote(v) => format!("Vote(term {}, given {}, flush {}, {:?})", v.term, v.vote_given, v.flush_lsn, v.term_history.0),
-        SafekeeperMessage::ElectedAck(a) => format!("ElectedAck(term {}, flush {})", a.term, a.flush_lsn),
-        SafekeeperMessage::AppendResponse(a) => format!("AppendResponse(term {}, flush {})", a.term, a.flush_lsn),
-        SafekeeperMessage::WalChunk(c) => format!("WalChunk({}, {} bytes)", c.start_lsn, c.wal.len()),
+        SafekeeperMessage::HelloReply(h) => {
+            format!("HelloReply(term {}, flush {})", h.term, h.flush_lsn)
+        }
+        SafekeeperMessage::Vote(v) => format!(
+            "Vote(term {}, given {}, flush {}, {:?})",
+            v.term, v.vote_given, v.flush_lsn, v.term_history.0
+        ),
+        SafekeeperMessage::ElectedAck(a) => {
+            format!("ElectedAck(term {}, flush {})", a.term, a.flush_lsn)
+        }
+        SafekeeperMessage::AppendResponse(a) => {
+            format!("AppendResponse(term {}, flush {})", a.term, a.flush_lsn)
+        }
+        SafekeeperMessage::WalChunk(c) => {
+            format!("WalChunk({}, {} bytes)", c.start_lsn, c.wal.len())
+        }
         SafekeeperMessage::Status(_) => "Status".into(),
         SafekeeperMessage::Refused(r) => format!("Refused(term {}: {})", r.term, r.reason),
     }

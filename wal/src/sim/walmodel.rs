@@ -11,7 +11,8 @@ use super::SYSTEM_ID;
 
 fn params(segment_size_bytes: u64) -> WalStreamParams {
     // The simulation only uses valid segment sizes, so this cannot fail.
-    WalStreamParams::new(segment_size_bytes, Some(SYSTEM_ID)).unwrap_or_else(|e| panic!("simulation segment size: {e}"))
+    WalStreamParams::new(segment_size_bytes, Some(SYSTEM_ID))
+        .unwrap_or_else(|e| panic!("simulation segment size: {e}"))
 }
 
 pub struct Tracker(RecordBoundaryTracker);
@@ -35,7 +36,12 @@ impl Tracker {
 
 /// End of valid WAL in `bytes` (which start at `base`), scanning from `start`; returns
 /// that end and the start of the last record before it.
-pub fn scan_end_of_wal(bytes: &[u8], base: Lsn, start: Lsn, segment_size_bytes: u64) -> (Lsn, Option<Lsn>) {
+pub fn scan_end_of_wal(
+    bytes: &[u8],
+    base: Lsn,
+    start: Lsn,
+    segment_size_bytes: u64,
+) -> (Lsn, Option<Lsn>) {
     let mut read = |lsn: Lsn, buf: &mut [u8]| -> io::Result<usize> {
         let off = (lsn.0 - base.0) as usize;
         if off >= bytes.len() {
