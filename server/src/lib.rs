@@ -1,0 +1,17 @@
+//! tarn-server: wires tarn's roles together and manages their processes. Storage and
+//! protocol logic live in `tarn-wal` and `tarn-io`; this crate starts, watches and stops
+//! the processes that run them, and the PostgreSQL 15 server they serve.
+//!
+//! - [`postgres`]: a local vanilla PostgreSQL 15 cluster (used by `tarn up` and tests).
+//! - [`up`]: `tarn up`, which runs a whole cluster in the foreground.
+//! - [`status`]: `tarn status`.
+//! - [`layout`] and [`manifest`]: the cluster directory and its `tarn.json`.
+
+mod command;
+pub mod layout;
+pub mod manifest;
+mod os;
+pub mod ports;
+pub mod postgres;
+pub mod status;
+pub mod up;
