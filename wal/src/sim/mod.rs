@@ -156,6 +156,8 @@ struct SimSafekeeper {
 
 struct SimCompute {
     generator: Generator,
+    /// WAL generated since faults stopped (bounded by `HEAL_WAL_BYTES`).
+    generated_after_heal: u64,
     unsent: VecDeque<u8>,
     next_lsn: Lsn,
 }
@@ -572,6 +574,7 @@ impl Sim {
             generator: Generator::new(from, prev, SEGMENT_SIZE_BYTES, self.rng.next_u64()),
             unsent: VecDeque::new(),
             next_lsn: from,
+            generated_after_heal: 0,
         });
         Ok(())
     }
@@ -631,12 +634,8 @@ impl Sim {
     }
 
     fn produce_wal(&mut self, p: usize) -> SimResult<()> {
-        let budget = if self.faults {
-            MAX_WAL_BYTES_PER_SEED
-        } else {
-            MAX_WAL_BYTES_PER_SEED + HEAL_WAL_BYTES
-        };
-        let budget_left = self.wal_generated < budget;
+        let faults = self.faults;
+        let global_budget_left = self.wal_generated < MAX_WAL_BYTES_PER_SEED;
         let record_len = self.rng.range(1, 3000) as usize;
         let chunk = self.rng.range(1, 20_000) as usize;
         let prop = &mut self.proposers[p];
@@ -646,9 +645,15 @@ impl Sim {
         let Some(compute) = prop.compute.as_mut() else {
             return Ok(());
         };
+        let budget_left = if faults {
+            global_budget_left
+        } else {
+            compute.generated_after_heal < HEAL_WAL_BYTES
+        };
         if budget_left {
             let bytes = compute.generator.append_record(record_len);
             self.wal_generated += bytes.len() as u64;
+            compute.generated_after_heal += bytes.len() as u64;
             compute.unsent.extend(bytes.iter());
         }
         // Postgres sends what it has flushed, cut anywhere (even mid-record).
@@ -847,6 +852,13 @@ impl Sim {
 
     fn heal(&mut self) -> SimResult<()> {
         self.faults = false;
+        // Progress is shown by new WAL getting committed, so every compute may write a
+        // little more, whatever was used before.
+        for p in &mut self.proposers {
+            if let Some(c) = p.compute.as_mut() {
+                c.generated_after_heal = 0;
+            }
+        }
         self.partitioned = [[false; SAFEKEEPERS]; 8];
         for s in 0..SAFEKEEPERS {
             if !self.safekeepers[s].up {
