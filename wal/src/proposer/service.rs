@@ -23,6 +23,8 @@ use crate::{Lsn, TimelineId};
 
 use super::core::{PeerIndex, Phase, Proposer, ProposerOutput, ProposerSettings};
 
+/// The Postgres major version tarn's WAL handling is written for.
+pub const SUPPORTED_POSTGRES_MAJOR: u32 = 15;
 /// Postgres 15's default (and Debian's) WAL segment size; tarn requires it.
 pub const POSTGRES_SEGMENT_SIZE_BYTES: u64 = 16 << 20;
 /// How often the event loop wakes without events, to run timers.
@@ -37,6 +39,10 @@ const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// Commands queued for one safekeeper connection before the sender blocks.
 const LINK_QUEUE_FRAMES: usize = 4096;
+/// How often a paused replication reader checks whether it may read again.
+const BACKPRESSURE_POLL: Duration = Duration::from_millis(2);
+/// A pause this long is worth telling the operator about.
+const BACKPRESSURE_WARN_AFTER: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Debug)]
 pub struct ProposerConfig {
@@ -67,6 +73,10 @@ pub enum ProposerError {
     },
     #[error("need at least one safekeeper")]
     NoSafekeepers,
+    #[error(
+        "Postgres reports version {version:?}; tarn supports PostgreSQL {SUPPORTED_POSTGRES_MAJOR}"
+    )]
+    UnsupportedPostgres { version: String },
 }
 
 enum Event {
@@ -131,14 +141,13 @@ pub fn run(config: ProposerConfig) -> Result<(), ProposerError> {
         )
     };
     let pg_config = ReplicationConfig::parse(&connstr).map_err(ProposerError::Config)?;
-    let identity = identify_with_retry(&pg_config);
+    let (identity, pg_version) = identify_with_retry(&pg_config)?;
     tracing::info!(
         system_id = identity.system_id.0,
         xlogpos = %identity.xlogpos,
         "connected to Postgres; campaigning among {} safekeepers",
         config.safekeepers.len()
     );
-    let pg_version = 150000;
     let settings = ProposerSettings {
         system_id: identity.system_id,
         timeline_id: config.timeline_id,
@@ -166,7 +175,9 @@ pub fn run(config: ProposerConfig) -> Result<(), ProposerError> {
             .spawn(move || link_thread(peer, addr, tx))
             .map_err(|e| ProposerError::Stopped(format!("cannot start a thread: {e}")))?;
     }
+    let accepting_wal = Arc::new(AtomicBool::new(true));
     let mut event_loop = EventLoop {
+        accepting_wal,
         config,
         pg_config,
         identity,
@@ -183,13 +194,28 @@ pub fn run(config: ProposerConfig) -> Result<(), ProposerError> {
     event_loop.run(&mut core, &events)
 }
 
-fn identify_with_retry(cfg: &ReplicationConfig) -> IdentifySystem {
+/// Connects until Postgres answers IDENTIFY_SYSTEM; returns its identity and version
+/// (PG_VERSION_NUM, e.g. 150018).
+fn identify_with_retry(cfg: &ReplicationConfig) -> Result<(IdentifySystem, u32), ProposerError> {
     let mut backoff = BACKOFF_MIN;
     loop {
-        let attempt =
-            ReplicationClient::connect(cfg, CONNECT_TIMEOUT).and_then(|mut c| c.identify_system());
+        let attempt = ReplicationClient::connect(cfg, CONNECT_TIMEOUT).and_then(|mut c| {
+            let id = c.identify_system()?;
+            Ok((id, c.server_parameter("server_version").map(str::to_string)))
+        });
         match attempt {
-            Ok(id) => return id,
+            Ok((id, version)) => {
+                let version = version.unwrap_or_default();
+                let version_num = parse_server_version(&version).ok_or_else(|| {
+                    ProposerError::UnsupportedPostgres {
+                        version: version.clone(),
+                    }
+                })?;
+                if version_num / 10000 != SUPPORTED_POSTGRES_MAJOR {
+                    return Err(ProposerError::UnsupportedPostgres { version });
+                }
+                return Ok((id, version_num));
+            }
             Err(e) => {
                 tracing::warn!(
                     "cannot reach Postgres at {}:{} ({e}); retrying in {backoff:?}",
@@ -203,7 +229,19 @@ fn identify_with_retry(cfg: &ReplicationConfig) -> IdentifySystem {
     }
 }
 
+/// "15.18 (Debian 15.18-0+deb12u1)" → 150018, as PG_VERSION_NUM.
+fn parse_server_version(text: &str) -> Option<u32> {
+    let number = text.split_whitespace().next()?;
+    let mut parts = number.split('.');
+    let major: u32 = parts.next()?.parse().ok()?;
+    let minor: u32 = parts.next().and_then(|m| m.parse().ok()).unwrap_or(0);
+    Some(major * 10000 + minor)
+}
+
 struct EventLoop {
+    /// Cleared while the proposer holds as much unreplicated WAL as it may: the
+    /// replication reader then stops reading, and TCP pushes back on Postgres.
+    accepting_wal: Arc<AtomicBool>,
     config: ProposerConfig,
     pg_config: ReplicationConfig,
     identity: IdentifySystem,
@@ -237,6 +275,8 @@ impl EventLoop {
             }
             core.on_tick(self.now_ms());
             self.apply_outputs(core)?;
+            self.accepting_wal
+                .store(core.accepts_wal(), Ordering::Release);
             if self.last_status.elapsed() >= STATUS_INTERVAL {
                 self.send_status(core, false);
             }
@@ -407,10 +447,12 @@ impl EventLoop {
         let tx = self.events_tx.clone();
         let expected = self.identity.system_id;
         let connstr = self.config.postgres.clone();
+        let accepting = self.accepting_wal.clone();
         let spawned = thread::Builder::new()
             .name(format!("pg-stream-{session}"))
             .spawn(move || {
-                let reason = pg_session_thread(session, &cfg, expected.0, &connstr, from, &tx);
+                let reason =
+                    pg_session_thread(session, &cfg, expected.0, &connstr, from, &tx, &accepting);
                 let _ = tx.send(Event::PgEnded { session, reason });
             });
         if let Err(e) = spawned {
@@ -475,6 +517,7 @@ fn pg_session_thread(
     connstr: &str,
     from: Lsn,
     tx: &Sender<Event>,
+    accepting: &AtomicBool,
 ) -> String {
     let mut backoff = BACKOFF_MIN;
     let client = loop {
@@ -512,6 +555,20 @@ fn pg_session_thread(
         return "proposer is shutting down".into();
     }
     loop {
+        // Backpressure: while the proposer holds all the unreplicated WAL it may, stop
+        // reading, so TCP pushes back on the walsender. Status replies still go out
+        // from the event loop, so the walsender does not time us out.
+        let mut paused_since: Option<std::time::Instant> = None;
+        while !accepting.load(Ordering::Acquire) {
+            let since = *paused_since.get_or_insert_with(std::time::Instant::now);
+            if since.elapsed() > BACKPRESSURE_WARN_AFTER {
+                tracing::warn!(
+                    "safekeepers are {BACKPRESSURE_WARN_AFTER:?} behind; Postgres is being held back"
+                );
+                paused_since = Some(std::time::Instant::now());
+            }
+            thread::sleep(BACKPRESSURE_POLL);
+        }
         match reader.recv(Duration::from_secs(1)) {
             Ok(ReplicationEvent::XLogData {
                 wal_start, data, ..
@@ -689,5 +746,21 @@ fn serve_link(
         read_reason
     } else {
         reason
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_server_version;
+
+    #[test]
+    fn server_version_becomes_version_num() {
+        assert_eq!(
+            parse_server_version("15.18 (Debian 15.18-0+deb12u1)"),
+            Some(150018)
+        );
+        assert_eq!(parse_server_version("16.2"), Some(160002));
+        assert_eq!(parse_server_version("15devel"), None);
+        assert_eq!(parse_server_version(""), None);
     }
 }
