@@ -484,6 +484,12 @@ impl Sim {
             ));
         }
         sk.disk.truncate(end);
+        // As on a real zero-filled segment, padding after the last record reads as
+        // zeros even if the torn write stopped inside it.
+        let padded = (end.0 - TIMELINE_START.0) as usize;
+        if sk.disk.durable.len() < padded {
+            sk.disk.durable.resize(padded, 0);
+        }
         sk.tracker = Some(Tracker::new(end, prev, SEGMENT_SIZE_BYTES));
         sk.acceptor = Some(Acceptor::recover(NodeId(s as u64), control, end));
         self.log(format!("sk{s} restarts: end of WAL {end}"));
@@ -554,8 +560,9 @@ impl Sim {
                 .donor()
                 .ok_or("elected without a donor")?;
             let disk = &self.safekeepers[donor].disk;
+            let upto = ((from.0 - TIMELINE_START.0) as usize).min(disk.durable.len());
             let (end, prev) = scan_end_of_wal(
-                &disk.durable[..(from.0 - TIMELINE_START.0) as usize],
+                &disk.durable[..upto],
                 TIMELINE_START,
                 TIMELINE_START,
                 SEGMENT_SIZE_BYTES,
