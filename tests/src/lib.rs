@@ -21,6 +21,9 @@ use std::sync::{Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+pub mod sql;
+
+pub use sql::{Row, SqlConnection, SqlError};
 pub use tarn_server::layout::ClusterLayout;
 pub use tarn_server::manifest::{ClusterManifest, ComponentRecord};
 pub use tarn_server::postgres::{PgBinaries, PgCluster, PostgresError, StopMode};
@@ -468,4 +471,87 @@ impl Drop for TarnUp {
     fn drop(&mut self) {
         terminate(&mut self.child, TARN_UP_STOP_TIMEOUT);
     }
+}
+
+/// A child process a test started itself (a component respawned after a kill, or a
+/// `tarn safekeeper` run on its own). Dropping it stops it: SIGTERM, a bounded wait,
+/// then SIGKILL.
+pub struct OwnedChild {
+    name: String,
+    child: Child,
+}
+
+/// Grace between SIGTERM and SIGKILL when an [`OwnedChild`] is stopped.
+pub const OWNED_CHILD_STOP_GRACE: Duration = Duration::from_secs(10);
+
+impl OwnedChild {
+    pub fn new(name: impl Into<String>, child: Child) -> OwnedChild {
+        OwnedChild {
+            name: name.into(),
+            child,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `Some(status)` if it has exited (reaping it).
+    pub fn try_exit_status(&mut self) -> Option<ExitStatus> {
+        self.child
+            .try_wait()
+            .unwrap_or_else(|error| panic!("cannot poll {}: {error}", self.name))
+    }
+
+    /// Kills it with SIGKILL and reaps it (a crash, as far as it can tell).
+    pub fn kill(mut self) -> ExitStatus {
+        let _ = self.child.kill();
+        self.child
+            .wait()
+            .unwrap_or_else(|error| panic!("cannot reap {}: {error}", self.name))
+    }
+
+    /// Stops it (SIGTERM, then SIGKILL after [`OWNED_CHILD_STOP_GRACE`]).
+    pub fn stop(mut self) -> ExitStatus {
+        terminate(&mut self.child, OWNED_CHILD_STOP_GRACE)
+    }
+}
+
+impl Drop for OwnedChild {
+    fn drop(&mut self) {
+        terminate(&mut self.child, OWNED_CHILD_STOP_GRACE);
+    }
+}
+
+/// Starts `tarn ARGS...` in the background with stdout and stderr appended to `log`.
+pub fn spawn_tarn(name: &str, args: &[&str], log: &Path) -> OwnedChild {
+    let out = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap_or_else(|error| panic!("cannot open {}: {error}", log.display()));
+    let err = out
+        .try_clone()
+        .unwrap_or_else(|error| panic!("cannot open {}: {error}", log.display()));
+    let child = Command::new(tarn_binary())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .unwrap_or_else(|error| panic!("cannot run tarn {args:?}: {error}"));
+    OwnedChild::new(name, child)
+}
+
+/// True while `pid` is a live process (a zombie waiting to be reaped is not).
+pub fn process_is_running(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
 }

@@ -337,7 +337,7 @@ async fn read_message(
                 return Ok(None);
             }
             return Err(FrameError::Protocol(ProtocolError::Truncated {
-                message: "frame",
+                message: "incoming",
                 field: "header",
                 needed: FRAME_HEADER_BYTES,
                 remaining: got,
@@ -347,16 +347,20 @@ async fn read_message(
     }
     let h = decode_frame_header(&header)?;
     let mut body = BytesMut::zeroed(h.body_len);
-    if let Err(e) = r.read_exact(&mut body).await {
-        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+    // Counted by hand rather than with read_exact, so a refusal says how much of the
+    // promised body arrived.
+    let mut got = 0;
+    while got < body.len() {
+        let n = r.read(&mut body[got..]).await?;
+        if n == 0 {
             return Err(FrameError::Protocol(ProtocolError::Truncated {
-                message: "frame",
+                message: "incoming",
                 field: "body",
                 needed: h.body_len,
-                remaining: 0,
+                remaining: got,
             }));
         }
-        return Err(e.into());
+        got += n;
     }
     Ok(Some(decode_proposer_message(h.kind, body.freeze())?))
 }
@@ -581,7 +585,7 @@ impl Timeline {
                 ProposerMessage::ReadWal(r) => {
                     let read = self.acceptor.borrow().check_read(r, MAX_APPEND_WAL_BYTES);
                     let reply = match read {
-                        Ok((start, len)) => match self.storage.read(start, len).await {
+                        Ok((start, len)) => match self.storage.read_verified(start, len).await {
                             Ok(wal) => SafekeeperMessage::WalChunk(WalChunk {
                                 start_lsn: start,
                                 wal: Bytes::from(wal),
