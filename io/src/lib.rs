@@ -17,6 +17,7 @@ pub use aligned::{AlignedBuf, BLOCK_SIZE_BYTES};
 pub use error::IoError;
 pub use runtime::{
     CoreIndex, CoreMailbox, MailboxReceiver, MailboxSendError, MailboxSender, run_per_core,
+    run_per_core_from,
 };
 pub use segmented_log::{
     HexSegmentNaming, SegmentNaming, SegmentedLog, SegmentedLogConfig, SegmentedLogStats,

@@ -38,6 +38,52 @@ enum Command {
     /// Run the deterministic quorum simulation over seeds (faults: loss, reordering,
     /// duplication, partitions, crashes, torn writes). A failing seed replays exactly.
     Simulate(SimulateArgs),
+    /// Generate load against running components and measure them.
+    Loadgen(LoadgenArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct LoadgenArgs {
+    #[command(subcommand)]
+    target: LoadgenTarget,
+}
+
+#[derive(Debug, Subcommand)]
+enum LoadgenTarget {
+    /// Act as a proposer on fresh timelines and append synthetic WAL to the
+    /// safekeepers; report quorum append latency and throughput.
+    Wal(LoadgenWalArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct LoadgenWalArgs {
+    /// Safekeeper addresses (host:port), comma-separated.
+    #[arg(long, value_delimiter = ',', required = true, value_parser = parse_host_port)]
+    safekeepers: Vec<String>,
+    /// Payload of each WAL record in bytes (k and m suffixes: 8k, 128k).
+    #[arg(long, default_value = "8k", value_parser = tarn_tools::loadgen::wal::parse_byte_size)]
+    record_size: usize,
+    /// Group records into appends of at least this many bytes (default: one record per append; at most 1m).
+    #[arg(long, default_value = "0", value_parser = tarn_tools::loadgen::wal::parse_byte_size)]
+    append_size: usize,
+    /// Concurrent independent timelines.
+    #[arg(long, default_value_t = 1)]
+    streams: usize,
+    /// Appends outstanding per stream (1 measures latency; more measures pipelined throughput).
+    #[arg(long, default_value_t = 1)]
+    in_flight: usize,
+    /// Measured seconds.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Seconds of load before measuring.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Timeline of the first stream (32 hex digits; stream i uses it + i); random by default.
+    #[arg(long)]
+    timeline_id: Option<TimelineId>,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -96,6 +142,10 @@ struct SafekeeperArgs {
     /// Number of cores (one executor each) to use.
     #[arg(long, default_value_t = 1, value_parser = parse_core_count)]
     cores: usize,
+    /// Allowed CPU (by position) to pin the first executor to; others follow. Lets
+    /// several safekeepers on one machine use different CPUs.
+    #[arg(long, default_value_t = 0)]
+    first_cpu: usize,
 }
 
 #[derive(Debug, clap::Args)]
@@ -166,9 +216,25 @@ fn init_logging() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| LossyStderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+}
+
+/// Stderr for log lines, dropping a line that cannot be written (a full disk under a
+/// redirected log): losing a log line must never take a server down, and the tracing
+/// fallback for write errors (eprintln!) panics.
+struct LossyStderr;
+
+impl std::io::Write for LossyStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
 }
 
 /// Errors print on one line: multi-line parts (a tool's stderr) are joined with " | ".
@@ -217,7 +283,35 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Safekeeper(args) => run_safekeeper_role(args),
         Command::Proposer(args) => run_proposer_role(args),
         Command::Simulate(args) => run_simulation(args),
+        Command::Loadgen(LoadgenArgs {
+            target: LoadgenTarget::Wal(args),
+        }) => run_wal_loadgen(args),
     }
+}
+
+fn run_wal_loadgen(args: LoadgenWalArgs) -> anyhow::Result<()> {
+    let seconds = |name: &str, value: f64| {
+        std::time::Duration::try_from_secs_f64(value)
+            .map_err(|_| anyhow::anyhow!("--{name} {value} is not a number of seconds"))
+    };
+    let options = tarn_tools::loadgen::wal::WalLoadOptions {
+        safekeepers: args.safekeepers,
+        record_size_bytes: args.record_size,
+        append_size_bytes: args.append_size,
+        streams: args.streams,
+        in_flight: args.in_flight,
+        duration: seconds("duration", args.duration)?,
+        warmup: seconds("warmup", args.warmup)?,
+        timeline_id: args.timeline_id,
+        ..Default::default()
+    };
+    let report = tarn_tools::loadgen::wal::run(&options)?;
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.render_table());
+    }
+    Ok(())
 }
 
 fn run_simulation(args: SimulateArgs) -> anyhow::Result<()> {
@@ -228,7 +322,10 @@ fn run_simulation(args: SimulateArgs) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let (mut commits, mut elections, mut crashes) = (0u64, 0u64, 0u64);
     for seed in first..first.saturating_add(count) {
-        match tarn_wal::sim::run(&tarn_wal::sim::SimOptions { seed, steps: args.steps }) {
+        match tarn_wal::sim::run(&tarn_wal::sim::SimOptions {
+            seed,
+            steps: args.steps,
+        }) {
             Ok(outcome) => {
                 commits += outcome.commits;
                 elections += outcome.elections;
@@ -262,6 +359,7 @@ fn run_safekeeper_role(args: SafekeeperArgs) -> anyhow::Result<()> {
         listen: args.listen,
         data_dir: args.dir,
         cores: args.cores,
+        first_cpu: args.first_cpu,
     })?;
     Ok(())
 }

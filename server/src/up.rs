@@ -289,6 +289,9 @@ pub fn run(options: UpOptions) -> Result<(), UpError> {
             format!("{LISTEN_HOST}:{port}"),
             "--dir".into(),
             layout.safekeeper_dir(id).to_string_lossy().into_owned(),
+            // Spread the safekeepers over the CPUs rather than stacking them on one.
+            "--first-cpu".into(),
+            (id - 1).to_string(),
         ];
         let component = Component::spawn(&name, argv, layout.log_path(&name))?;
         running.safekeepers.push(component);

@@ -320,6 +320,23 @@ where
     Fut: Future<Output = T> + 'static,
     T: Send + 'static,
 {
+    run_per_core_from(0, cores, name, f)
+}
+
+/// As [`run_per_core`], but executor `i` is pinned to allowed CPU
+/// `(first_cpu + i) % allowed`: several processes of one machine (e.g. three
+/// safekeepers) can then be spread over the CPUs instead of all landing on the first.
+pub fn run_per_core_from<T, F, Fut>(
+    first_cpu: usize,
+    cores: usize,
+    name: &str,
+    f: F,
+) -> Result<Vec<T>, IoError>
+where
+    F: Fn(CoreIndex) -> Fut + Send + Sync + Clone + 'static,
+    Fut: Future<Output = T> + 'static,
+    T: Send + 'static,
+{
     if cores == 0 || cores > MAX_CORES {
         return Err(IoError::Runtime {
             what: format!("run_per_core({name}): cores must be in 1..={MAX_CORES}, got {cores}"),
@@ -346,7 +363,7 @@ where
     let mut spawn_error = None;
     for core in 0..cores {
         let thread_name = format!("{name}-{core}");
-        let cpu = (!cpus.is_empty()).then(|| cpus[core % cpus.len()]);
+        let cpu = (!cpus.is_empty()).then(|| cpus[(first_cpu + core) % cpus.len()]);
         let f = f.clone();
         let executor_name = thread_name.clone();
         let spawned = std::thread::Builder::new().name(thread_name.clone()).spawn(

@@ -17,7 +17,7 @@ use futures_lite::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use glommio::channels::local_channel::{self, LocalSender};
 use glommio::net::{TcpListener, TcpStream};
 use glommio::sync::Semaphore;
-use tarn_io::{CoreIndex, CoreMailbox, MailboxSender, run_per_core};
+use tarn_io::{CoreIndex, CoreMailbox, MailboxSender, run_per_core_from};
 
 use crate::protocol::{
     FRAME_HEADER_BYTES, Hello, MAX_APPEND_WAL_BYTES, ProposerMessage, ProtocolError, Refusal,
@@ -46,6 +46,8 @@ pub struct SafekeeperConfig {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub cores: usize,
+    /// Allowed CPU to pin the first executor to (see `tarn_io::run_per_core_from`).
+    pub first_cpu: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -110,7 +112,8 @@ pub fn run(config: SafekeeperConfig) -> Result<(), SafekeeperError> {
         cores,
         "safekeeper starting"
     );
-    let results = run_per_core(cores, "safekeeper", move |core| {
+    let first_cpu = config.first_cpu;
+    let results = run_per_core_from(first_cpu, cores, "safekeeper", move |core| {
         let config = config.clone();
         let mailbox = mailbox.clone();
         let sender = sender.clone();
@@ -672,6 +675,12 @@ impl Timeline {
                 return;
             }
         };
+        self.publish();
+        // Answer first: the control checkpoint below only shortens a future restart's
+        // scan, so it must not sit on the commit path.
+        for w in waiters {
+            send(&w, msg.clone()).await;
+        }
         if self.last_checkpoint.get().elapsed() >= CONTROL_CHECKPOINT_INTERVAL {
             self.last_checkpoint.set(Instant::now());
             let checkpoint = self.acceptor.borrow().control_to_checkpoint();
@@ -683,10 +692,6 @@ impl Timeline {
                     }
                 }
             }
-        }
-        self.publish();
-        for w in waiters {
-            send(&w, msg.clone()).await;
         }
     }
 }

@@ -1,0 +1,6 @@
+//! Load generators. Each drives one component through its real protocol and reports
+//! throughput and a latency distribution.
+
+pub mod quorum;
+pub mod report;
+pub mod wal;
