@@ -74,6 +74,10 @@ const MAX_SYNC_ATTEMPTS: usize = 8;
 /// round empties the buffer; more only if other tasks refill it first.
 const MAX_BACKPRESSURE_ROUNDS: usize = 8;
 
+/// After a failed background preallocation (typically a full disk), wait this long
+/// before trying again in the background.
+const PREALLOC_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Waits for a background preallocation of the same segment before creating it inline.
 const MAX_SEGMENT_OPEN_ATTEMPTS: usize = 3;
 
@@ -206,6 +210,9 @@ struct State {
     stale_segments: BTreeSet<u64>,
     files: BTreeMap<u64, Rc<SegmentFile>>,
     prealloc_in_flight: Option<u64>,
+    /// When background preallocation last failed: retrying every round on a full disk
+    /// would spin (and log) uselessly, so it waits `PREALLOC_RETRY_AFTER`.
+    prealloc_failed_at: Option<std::time::Instant>,
     /// Set by a failed write/fdatasync; every later operation fails with it.
     failure: Option<String>,
     direct_io: Option<bool>,
@@ -321,6 +328,7 @@ impl SegmentedLog {
                     stale_segments: BTreeSet::new(),
                     files: BTreeMap::new(),
                     prealloc_in_flight: None,
+                    prealloc_failed_at: None,
                     failure: None,
                     direct_io: None,
                     stats: SegmentedLogStats::default(),
@@ -991,9 +999,13 @@ impl Inner {
         }
         {
             let mut st = self.state.borrow_mut();
+            let backing_off = st
+                .prealloc_failed_at
+                .is_some_and(|t| t.elapsed() < PREALLOC_RETRY_AFTER);
             if st.failure.is_some()
                 || st.segments.contains(&segment_no)
                 || st.prealloc_in_flight.is_some()
+                || backing_off
             {
                 return;
             }
@@ -1015,14 +1027,18 @@ impl Inner {
                 st.prealloc_in_flight = None;
                 match result {
                     Ok(_) => {
+                        st.prealloc_failed_at = None;
                         st.segments.insert(segment_no);
                         st.stale_segments.remove(&segment_no);
                         st.stats.segments_created += 1;
                     }
-                    Err(e) => tracing::warn!(
-                        error = %e,
-                        "background preallocation failed; the first write into the segment will retry it"
-                    ),
+                    Err(e) => {
+                        st.prealloc_failed_at = Some(std::time::Instant::now());
+                        tracing::warn!(
+                            error = %e,
+                            "background preallocation failed; the first write into the segment will retry it"
+                        )
+                    }
                 }
             }
             inner.prealloc_done.notify_all();
