@@ -2,6 +2,7 @@
 //! makes WAL durable) and the proposer (Postgres's synchronous standby that drives the
 //! quorum).
 
+pub mod decode;
 pub mod format;
 pub mod lsn;
 pub mod proposer;
