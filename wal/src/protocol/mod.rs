@@ -43,6 +43,19 @@ pub struct TermHistory(pub Vec<TermSwitch>);
 pub const MAX_TERM_HISTORY_ENTRIES: usize = 100_000;
 
 impl TermHistory {
+    /// A history from `(term, start LSN)` pairs, in order.
+    pub fn from_pairs(pairs: &[(u64, u64)]) -> TermHistory {
+        TermHistory(
+            pairs
+                .iter()
+                .map(|&(term, lsn)| TermSwitch {
+                    term: Term(term),
+                    lsn: Lsn(lsn),
+                })
+                .collect(),
+        )
+    }
+
     pub fn last_term(&self) -> Option<Term> {
         self.0.last().map(|s| s.term)
     }
@@ -233,15 +246,7 @@ mod tests {
     use super::*;
 
     fn h(entries: &[(u64, u64)]) -> TermHistory {
-        TermHistory(
-            entries
-                .iter()
-                .map(|&(t, l)| TermSwitch {
-                    term: Term(t),
-                    lsn: Lsn(l),
-                })
-                .collect(),
-        )
+        TermHistory::from_pairs(entries)
     }
 
     #[test]

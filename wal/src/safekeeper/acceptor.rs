@@ -384,7 +384,6 @@ impl Acceptor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::TermSwitch;
     use crate::{SystemId, TimelineId};
 
     fn hello() -> Hello {
@@ -398,15 +397,7 @@ mod tests {
     }
 
     fn history(entries: &[(u64, u64)]) -> TermHistory {
-        TermHistory(
-            entries
-                .iter()
-                .map(|&(t, l)| TermSwitch {
-                    term: Term(t),
-                    lsn: Lsn(l),
-                })
-                .collect(),
-        )
+        TermHistory::from_pairs(entries)
     }
 
     fn refusal(step: &Step) -> String {
