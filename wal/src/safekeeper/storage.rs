@@ -232,10 +232,13 @@ impl WalStorage {
     /// that happened at rest below it before it reaches a peer.
     pub async fn read_verified(&self, lsn: Lsn, len: usize) -> Result<Vec<u8>, StorageError> {
         let mut wal = self.log.read(lsn.0, len).await?;
-        let mut tracker =
-            RecordBoundaryTracker::new(lsn, None, self.params).map_err(|source| StorageError::Corrupt { lsn, source })?;
+        let mut tracker = RecordBoundaryTracker::new(lsn, None, self.params)
+            .map_err(|source| StorageError::Corrupt { lsn, source })?;
         if let Err(source) = tracker.feed(&wal) {
-            return Err(StorageError::Corrupt { lsn: source.record_lsn().unwrap_or(lsn), source });
+            return Err(StorageError::Corrupt {
+                lsn: source.record_lsn().unwrap_or(lsn),
+                source,
+            });
         }
         let complete = tracker.complete_end();
         // A record longer than one read is served whole-chunk; the receiver's own
