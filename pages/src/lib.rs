@@ -26,8 +26,10 @@
 
 pub mod btree;
 pub mod heap_tuple;
+pub mod ingest;
 pub mod mask;
 pub mod page;
+pub mod reconstruct;
 pub mod redo;
 pub mod store;
 pub mod vm;
