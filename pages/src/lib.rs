@@ -31,6 +31,7 @@ pub mod mask;
 pub mod page;
 pub mod reconstruct;
 pub mod redo;
+pub mod service;
 pub mod store;
 pub mod vm;
 

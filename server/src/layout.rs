@@ -8,6 +8,8 @@ pub const SAFEKEEPER_COUNT: usize = 3;
 pub const POSTGRES: &str = "postgres";
 /// Component name of the proposer.
 pub const PROPOSER: &str = "proposer";
+/// Component name of the pageserver.
+pub const PAGESERVER: &str = "pageserver";
 
 /// Component name of safekeeper `id` (1-based): `safekeeper-1`, ...
 pub fn safekeeper_name(id: usize) -> String {
@@ -48,6 +50,22 @@ impl ClusterLayout {
     /// `D/proposer.json`: written by the proposer; `tarn status` prints it.
     pub fn proposer_state_file(&self) -> PathBuf {
         self.dir.join("proposer.json")
+    }
+
+    /// `D/pageserver`: the pageserver's page store.
+    pub fn pageserver_dir(&self) -> PathBuf {
+        self.dir.join("pageserver")
+    }
+
+    /// `D/pageserver/base`: a copy of the data directory as initdb left it (cleanly
+    /// shut down), taken before Postgres's first start; the pageserver imports it once.
+    pub fn pageserver_base_dir(&self) -> PathBuf {
+        self.pageserver_dir().join("base")
+    }
+
+    /// `D/pageserver/base.json`: the base copy's checkpoint LSN and settings.
+    pub fn pageserver_base_info(&self) -> PathBuf {
+        self.pageserver_dir().join("base.json")
     }
 
     /// `D/logs`: stdout and stderr of every child process.

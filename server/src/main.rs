@@ -10,7 +10,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, error::ErrorKind};
 use tarn_server::layout::SAFEKEEPER_COUNT;
 use tarn_server::{status, up};
-use tarn_wal::{NodeId, TimelineId};
+use tarn_wal::decode::{ForkNumber, RelFileNode};
+use tarn_wal::{Lsn, NodeId, TimelineId};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -40,6 +41,96 @@ enum Command {
     Simulate(SimulateArgs),
     /// Generate load against running components and measure them.
     Loadgen(LoadgenArgs),
+    /// Run the pageserver of one timeline: follows its committed WAL on the safekeepers
+    /// and serves GetPage@LSN. Started by `tarn up`.
+    Pageserver(PageserverArgs),
+    /// Read one page (or a relation's size) from a pageserver, for debugging.
+    Getpage(GetpageArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct PageserverArgs {
+    /// The tarn timeline id (32 hex digits).
+    #[arg(long)]
+    timeline_id: TimelineId,
+    /// Safekeeper addresses (host:port), comma-separated.
+    #[arg(long, value_delimiter = ',', required = true, value_parser = parse_host_port)]
+    safekeepers: Vec<String>,
+    /// Directory of the page store.
+    #[arg(long)]
+    dir: PathBuf,
+    /// Address for GetPage@LSN clients, e.g. 127.0.0.1:55436.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// A cleanly shut down data directory to seed a new store with (the catalogs
+    /// initdb wrote exist only in files).
+    #[arg(long, requires = "base_lsn")]
+    base_datadir: Option<PathBuf>,
+    /// The base data directory's checkpoint LSN ("Latest checkpoint location").
+    #[arg(long, requires = "base_datadir")]
+    base_lsn: Option<Lsn>,
+    /// The cluster has data checksums.
+    #[arg(long)]
+    data_checksums: bool,
+    /// wal_log_hints was on at the base LSN.
+    #[arg(long)]
+    wal_log_hints: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct GetpageArgs {
+    /// The pageserver's address.
+    #[arg(long)]
+    pageserver: SocketAddr,
+    /// The relation as TABLESPACE/DATABASE/RELFILENODE oids, e.g. 1663/5/16384.
+    #[arg(long, value_parser = parse_rel)]
+    rel: RelFileNode,
+    /// The fork.
+    #[arg(long, default_value = "main", value_parser = parse_fork)]
+    fork: ForkNumber,
+    /// The block number.
+    #[arg(long, default_value_t = 0)]
+    block: u32,
+    /// The LSN to read at (default: the newest the pageserver ingested).
+    #[arg(long)]
+    lsn: Option<Lsn>,
+    /// Print the relation fork's size in blocks instead of a page.
+    #[arg(long, conflicts_with_all = ["out", "hex"])]
+    size: bool,
+    /// Write the 8 KiB page to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Print the page as hex, 32 bytes a line.
+    #[arg(long, conflicts_with = "out")]
+    hex: bool,
+}
+
+/// `SPC/DB/REL`, three oids.
+fn parse_rel(text: &str) -> Result<RelFileNode, String> {
+    let parts = text
+        .split('/')
+        .map(|part| part.parse::<u32>())
+        .collect::<Result<Vec<u32>, _>>()
+        .map_err(|_| format!("{text:?} is not SPC/DB/REL (three oids)"))?;
+    match parts[..] {
+        [spc_node, db_node, rel_node] => Ok(RelFileNode {
+            spc_node,
+            db_node,
+            rel_node,
+        }),
+        _ => Err(format!("{text:?} is not SPC/DB/REL (three oids)")),
+    }
+}
+
+fn parse_fork(text: &str) -> Result<ForkNumber, String> {
+    match text {
+        "main" => Ok(ForkNumber::Main),
+        "vm" => Ok(ForkNumber::VisibilityMap),
+        "init" => Ok(ForkNumber::Init),
+        _ => Err(format!(
+            "{text:?} is not a fork tarn keeps (main, vm, init)"
+        )),
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -113,6 +204,9 @@ struct UpArgs {
     /// The three safekeeper ports, comma-separated (default: PORT+1,PORT+2,PORT+3).
     #[arg(long, value_parser = parse_safekeeper_ports, value_name = "P1,P2,P3")]
     safekeeper_ports: Option<[u16; SAFEKEEPER_COUNT]>,
+    /// The pageserver's GetPage@LSN port (default: PORT+4).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pageserver_port: Option<u16>,
     /// Run in the foreground (the default, and for now the only mode).
     #[arg(long)]
     foreground: bool,
@@ -258,13 +352,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     ))
                 }),
             };
-            if let Err(message) = up::validate_ports(args.port, &safekeeper_ports) {
+            let pageserver_port = match args.pageserver_port {
+                Some(port) => port,
+                None => up::default_pageserver_port(args.port).unwrap_or_else(|| {
+                    usage_error(&format!(
+                        "--port {} leaves no room for the pageserver port (PORT+4); pass --pageserver-port",
+                        args.port
+                    ))
+                }),
+            };
+            if let Err(message) = up::validate_ports(args.port, &safekeeper_ports, pageserver_port)
+            {
                 usage_error(&message);
             }
             up::run(up::UpOptions {
                 dir: args.dir,
                 postgres_port: args.port,
                 safekeeper_ports,
+                pageserver_port,
             })?;
             Ok(())
         }
@@ -283,6 +388,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Safekeeper(args) => run_safekeeper_role(args),
         Command::Proposer(args) => run_proposer_role(args),
         Command::Simulate(args) => run_simulation(args),
+        Command::Pageserver(args) => run_pageserver_role(args),
+        Command::Getpage(args) => run_getpage(args),
         Command::Loadgen(LoadgenArgs {
             target: LoadgenTarget::Wal(args),
         }) => run_wal_loadgen(args),
@@ -361,6 +468,93 @@ fn run_safekeeper_role(args: SafekeeperArgs) -> anyhow::Result<()> {
         cores: args.cores,
         first_cpu: args.first_cpu,
     })?;
+    Ok(())
+}
+
+fn run_pageserver_role(args: PageserverArgs) -> anyhow::Result<()> {
+    use std::net::ToSocketAddrs;
+    let shutdown = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, std::sync::Arc::clone(&shutdown))
+            .context("cannot install signal handlers")?;
+    }
+    let mut safekeepers = Vec::new();
+    for address in &args.safekeepers {
+        let resolved = address
+            .to_socket_addrs()
+            .with_context(|| format!("cannot resolve safekeeper address {address}"))?
+            .next()
+            .with_context(|| format!("safekeeper address {address} resolves to nothing"))?;
+        safekeepers.push(resolved);
+    }
+    tarn_pages::service::run(
+        tarn_pages::service::PageserverConfig {
+            timeline_id: args.timeline_id,
+            safekeepers,
+            dir: args.dir,
+            listen: args.listen,
+            base: args.base_datadir.zip(args.base_lsn),
+            settings: tarn_pages::RedoSettings {
+                data_checksums: args.data_checksums,
+                wal_log_hints: args.wal_log_hints,
+            },
+            segment_size_bytes: POSTGRES_SEGMENT_SIZE_BYTES,
+        },
+        shutdown,
+    )?;
+    Ok(())
+}
+
+/// `wal_segment_size` of clusters `tarn up` creates (initdb's default), as the proposer
+/// announces it to the safekeepers.
+const POSTGRES_SEGMENT_SIZE_BYTES: u64 = tarn_wal::proposer::service::POSTGRES_SEGMENT_SIZE_BYTES;
+/// How long `tarn getpage` waits for the pageserver (which itself waits at most 10 s
+/// for WAL to arrive).
+const GETPAGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+fn run_getpage(args: GetpageArgs) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use tarn_pages::service::client::PageserverClient;
+    use tarn_pages::service::protocol::{RelRequest, Request, Response};
+    let mut client = PageserverClient::connect(args.pageserver, GETPAGE_TIMEOUT)?;
+    let rel_request = RelRequest {
+        rel: args.rel,
+        fork: args.fork,
+        blk: args.block,
+        lsn: args.lsn.unwrap_or(Lsn::INVALID),
+    };
+    let request = if args.size {
+        Request::RelSize(rel_request)
+    } else {
+        Request::GetPage(rel_request)
+    };
+    match client.call(&request)? {
+        Response::Size(blocks) => println!("{blocks}"),
+        Response::Page(page) => {
+            if let Some(path) = &args.out {
+                std::fs::write(path, &page[..])
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            } else if args.hex {
+                let mut out = std::io::stdout().lock();
+                for (index, line) in page.chunks(32).enumerate() {
+                    let hex: String = line.iter().map(|b| format!("{b:02x}")).collect();
+                    writeln!(out, "{:04x}: {hex}", index * 32)?;
+                }
+            } else {
+                let parsed = tarn_pages::Page::from_bytes(&page[..])
+                    .context("the pageserver returned a page of the wrong size")?;
+                println!(
+                    "pd_lsn {} pd_lower {} pd_upper {} line pointers {}",
+                    parsed.lsn(),
+                    parsed.lower(),
+                    parsed.upper(),
+                    parsed.max_offset_number()
+                );
+            }
+        }
+        Response::Error { code, message } => anyhow::bail!("pageserver: {code:?}: {message}"),
+        other => anyhow::bail!("unexpected answer {other:?}"),
+    }
     Ok(())
 }
 

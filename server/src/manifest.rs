@@ -28,6 +28,9 @@ pub struct ClusterManifest {
     pub timeline_id: TimelineId,
     pub postgres_port: u16,
     pub safekeeper_ports: Vec<u16>,
+    /// The GetPage@LSN port of the pageserver (absent in clusters created before it).
+    #[serde(default)]
+    pub pageserver_port: Option<u16>,
     /// The pid of the `tarn up` supervising the cluster, while one runs.
     pub supervisor_pid: Option<u32>,
     /// By component name: `postgres`, `proposer`, `safekeeper-1`, ...
@@ -163,6 +166,7 @@ mod tests {
             timeline_id: TimelineId(0x0123_4567_89ab_cdef_0011_2233_4455_6677),
             postgres_port: 55432,
             safekeeper_ports: vec![55433, 55434, 55435],
+            pageserver_port: Some(55436),
             supervisor_pid: None,
             components,
         };

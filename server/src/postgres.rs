@@ -585,6 +585,23 @@ impl PgCluster {
         run_checked(&mut pgbench, None, timeout, &what)
     }
 
+    /// `pg_controldata` as a map of its "name: value" lines.
+    pub fn controldata(&self) -> Result<std::collections::BTreeMap<String, String>, PostgresError> {
+        let mut pg_controldata = self.server_command("pg_controldata");
+        pg_controldata.arg("-D").arg(&self.data_dir);
+        let output = run_checked(
+            &mut pg_controldata,
+            None,
+            QUICK_TOOL_TIMEOUT,
+            "reading pg_control",
+        )?;
+        Ok(String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|line| line.split_once(':'))
+            .map(|(name, value)| (name.trim().to_string(), value.trim().to_string()))
+            .collect())
+    }
+
     /// The database system identifier from `pg_control` (what IDENTIFY_SYSTEM returns).
     pub fn system_id(&self) -> Result<u64, PostgresError> {
         let mut pg_controldata = self.server_command("pg_controldata");

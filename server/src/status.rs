@@ -21,6 +21,8 @@ use crate::postgres::{PgBinaries, PgCluster};
 const REPLICATION_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bound on each safekeeper status request.
 const SAFEKEEPER_QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+/// Bound on the pageserver status request.
+const PAGESERVER_QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
@@ -40,6 +42,17 @@ pub struct ClusterStatus {
     pub postgres: PostgresStatus,
     pub proposer_state: ProposerState,
     pub safekeepers: Vec<SafekeeperReport>,
+    /// `None` for a cluster created before tarn up ran a pageserver.
+    pub pageserver: Option<PageserverReport>,
+}
+
+/// The pageserver's answer to a status request on its GetPage service.
+#[derive(Debug, Serialize)]
+pub struct PageserverReport {
+    pub addr: SocketAddr,
+    pub last_ingested_lsn: Option<String>,
+    pub durable_lsn: Option<String>,
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -148,8 +161,35 @@ pub fn collect(dir: PathBuf) -> Result<ClusterStatus, StatusError> {
         postgres: postgres_status(&layout, &manifest),
         proposer_state: proposer_state(&layout),
         safekeepers,
+        pageserver: manifest.pageserver_port.map(query_pageserver),
         dir: layout.dir,
     })
+}
+
+fn query_pageserver(port: u16) -> PageserverReport {
+    use tarn_pages::service::client::PageserverClient;
+    use tarn_pages::service::protocol::{Request, Response};
+    let addr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port));
+    let answer = PageserverClient::connect(addr, PAGESERVER_QUERY_TIMEOUT)
+        .and_then(|mut client| client.call(&Request::Status));
+    let (last_ingested_lsn, durable_lsn, error) = match answer {
+        Ok(Response::Status {
+            last_ingested_lsn,
+            durable_lsn,
+        }) => (
+            Some(last_ingested_lsn.to_string()),
+            Some(durable_lsn.to_string()),
+            None,
+        ),
+        Ok(other) => (None, None, Some(format!("unexpected answer {other:?}"))),
+        Err(error) => (None, None, Some(error.to_string())),
+    };
+    PageserverReport {
+        addr,
+        last_ingested_lsn,
+        durable_lsn,
+        error,
+    }
 }
 
 /// Asks one safekeeper for its term and log positions on this cluster's timeline.
@@ -348,6 +388,25 @@ pub fn render_table(status: &ClusterStatus) -> String {
                     name,
                     safekeeper.addr,
                     error.as_deref().unwrap_or("unknown")
+                );
+            }
+        }
+    }
+    if let Some(pageserver) = &status.pageserver {
+        match (&pageserver.last_ingested_lsn, &pageserver.durable_lsn) {
+            (Some(ingested), Some(durable)) => {
+                let _ = writeln!(
+                    out,
+                    "\npageserver {}: last ingested LSN {ingested}, durable LSN {durable}",
+                    pageserver.addr
+                );
+            }
+            _ => {
+                let _ = writeln!(
+                    out,
+                    "\npageserver {}: {}",
+                    pageserver.addr,
+                    pageserver.error.as_deref().unwrap_or("no answer")
                 );
             }
         }

@@ -1,6 +1,7 @@
 //! `tarn up`: creates or reuses a cluster directory and runs a whole local cluster in
 //! the foreground: 3 safekeepers, PostgreSQL 15 configured with the proposer as its
-//! synchronous standby, and the proposer, each as a child process.
+//! synchronous standby, the proposer, and the pageserver (seeded once from a copy of
+//! the data directory taken before Postgres's first start), each as a child process.
 //!
 //! The supervisor only watches: a component that dies is reported, never restarted
 //! (operators and tests restart components explicitly, from the command line recorded
@@ -71,6 +72,21 @@ pub struct UpOptions {
     pub dir: PathBuf,
     pub postgres_port: u16,
     pub safekeeper_ports: [u16; SAFEKEEPER_COUNT],
+    pub pageserver_port: u16,
+}
+
+/// The pageserver's port when not given: Postgres's port + 4 (after the safekeepers).
+pub fn default_pageserver_port(postgres_port: u16) -> Option<u16> {
+    postgres_port.checked_add(SAFEKEEPER_COUNT as u16 + 1)
+}
+
+/// What the pageserver needs to know about its base copy (`D/pageserver/base.json`).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct BaseInfo {
+    /// The checkpoint the copy was cleanly shut down at (see [`take_base_copy`]).
+    lsn: String,
+    data_checksums: bool,
+    wal_log_hints: bool,
 }
 
 /// `[P+1, P+2, P+3]`, or `None` if that passes 65535.
@@ -87,9 +103,11 @@ pub fn default_safekeeper_ports(postgres_port: u16) -> Option<[u16; SAFEKEEPER_C
 pub fn validate_ports(
     postgres_port: u16,
     safekeeper_ports: &[u16; SAFEKEEPER_COUNT],
+    pageserver_port: u16,
 ) -> Result<(), String> {
     let all: Vec<u16> = std::iter::once(postgres_port)
         .chain(safekeeper_ports.iter().copied())
+        .chain(std::iter::once(pageserver_port))
         .collect();
     for (index, port) in all.iter().enumerate() {
         if *port == 0 {
@@ -182,6 +200,8 @@ pub enum UpError {
         log.display()
     )]
     ProposerNotReady { timeout: Duration, log: PathBuf },
+    #[error("cannot prepare the pageserver's base copy: {0}")]
+    BaseCopy(String),
     #[error("interrupted during startup")]
     Interrupted,
     #[error("cannot install signal handlers: {0}")]
@@ -199,8 +219,12 @@ fn io_error<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) ->
 /// Runs `tarn up` until SIGINT or SIGTERM, then stops the cluster. Returns once every
 /// component it started has stopped.
 pub fn run(options: UpOptions) -> Result<(), UpError> {
-    validate_ports(options.postgres_port, &options.safekeeper_ports)
-        .map_err(UpError::InvalidPorts)?;
+    validate_ports(
+        options.postgres_port,
+        &options.safekeeper_ports,
+        options.pageserver_port,
+    )
+    .map_err(UpError::InvalidPorts)?;
     let shutdown_requested = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, Arc::clone(&shutdown_requested))
@@ -265,6 +289,7 @@ pub fn run(options: UpOptions) -> Result<(), UpError> {
     };
     manifest.postgres_port = options.postgres_port;
     manifest.safekeeper_ports = options.safekeeper_ports.to_vec();
+    manifest.pageserver_port = Some(options.pageserver_port);
     cluster.set_settings(POSTGRES_SETTINGS)?;
     let logs_dir = layout.logs_dir();
     fs::create_dir_all(&logs_dir).map_err(io_error("cannot create", &logs_dir))?;
@@ -342,6 +367,55 @@ pub fn run(options: UpOptions) -> Result<(), UpError> {
         layout.log_path(layout::PROPOSER),
     )?);
 
+    match read_base_info(&layout)? {
+        Some(base_info) => {
+            let mut pageserver_argv = vec![
+                exe.clone(),
+                "pageserver".into(),
+                "--timeline-id".into(),
+                manifest.timeline_id.to_string(),
+                "--safekeepers".into(),
+                options
+                    .safekeeper_ports
+                    .iter()
+                    .map(|port| format!("{LISTEN_HOST}:{port}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                "--dir".into(),
+                layout.pageserver_dir().to_string_lossy().into_owned(),
+                "--listen".into(),
+                format!("{LISTEN_HOST}:{}", options.pageserver_port),
+                "--base-datadir".into(),
+                layout.pageserver_base_dir().to_string_lossy().into_owned(),
+                "--base-lsn".into(),
+                base_info.lsn.clone(),
+            ];
+            if base_info.data_checksums {
+                pageserver_argv.push("--data-checksums".into());
+            }
+            if base_info.wal_log_hints {
+                pageserver_argv.push("--wal-log-hints".into());
+            }
+            let mut pageserver = Component::spawn(
+                layout::PAGESERVER,
+                pageserver_argv,
+                layout.log_path(layout::PAGESERVER),
+            )?;
+            pageserver.wait_until_listening(
+                SocketAddrV4::new(Ipv4Addr::LOCALHOST, options.pageserver_port),
+                &interrupted,
+            )?;
+            running.pageserver = Some(pageserver);
+        }
+        None => {
+            tracing::warn!(
+                "{} is missing (a cluster created before tarn ran a pageserver): not starting one",
+                layout.pageserver_base_info().display()
+            );
+            manifest.pageserver_port = None;
+        }
+    }
+
     manifest.supervisor_pid = Some(std::process::id());
     manifest.components = running.records();
     manifest
@@ -379,17 +453,85 @@ fn create_cluster(
 ) -> Result<(PgCluster, ClusterManifest), UpError> {
     tracing::info!(dir = %layout.dir.display(), "creating a new cluster");
     let cluster = PgCluster::init(bins, &layout.postgres_data_dir())?;
+    take_base_copy(&cluster, layout)?;
     let manifest = ClusterManifest {
         format_version: manifest::FORMAT_VERSION,
         system_id: cluster.system_id()?,
         timeline_id: random_timeline_id()?,
         postgres_port: options.postgres_port,
         safekeeper_ports: options.safekeeper_ports.to_vec(),
+        pageserver_port: Some(options.pageserver_port),
         supervisor_pid: None,
         components: Default::default(),
     };
     manifest.write(layout)?;
     Ok((cluster, manifest))
+}
+
+/// Copies the data directory as initdb left it (before Postgres's first start) to
+/// `D/pageserver/base` and records its checkpoint in `D/pageserver/base.json`.
+///
+/// The catalogs initdb's bootstrap wrote exist only in these files, not in WAL, so the
+/// pageserver imports them once. The base LSN is the "Latest checkpoint location":
+/// after a clean shutdown it is the start of the shutdown checkpoint record, equal to
+/// its REDO location, and the files hold exactly the effects of every record before it
+/// (the checkpoint record changes no page). The pageserver stores the files at that
+/// LSN and ingests from that record on, a record boundary its WAL decoder can start at.
+/// An online checkpoint (REDO before it) would mean torn files: refused.
+fn take_base_copy(cluster: &PgCluster, layout: &ClusterLayout) -> Result<(), UpError> {
+    let control = cluster.controldata()?;
+    let field = |name: &str| control.get(name).cloned().unwrap_or_default();
+    let checkpoint = field("Latest checkpoint location");
+    let redo = field("Latest checkpoint's REDO location");
+    let state = field("Database cluster state");
+    if state != "shut down" || checkpoint.is_empty() || checkpoint != redo {
+        return Err(UpError::BaseCopy(format!(
+            "the new data directory is not cleanly shut down (state {state:?}, checkpoint {checkpoint:?}, redo {redo:?})"
+        )));
+    }
+    let base = layout.pageserver_base_dir();
+    if base.exists() {
+        fs::remove_dir_all(&base).map_err(io_error("cannot remove", &base))?;
+    }
+    copy_tree(cluster.data_dir(), &base)
+        .map_err(io_error("cannot copy the data directory to", &base))?;
+    let info = BaseInfo {
+        lsn: checkpoint,
+        data_checksums: field("Data page checksum version") != "0",
+        wal_log_hints: field("wal_log_hints setting") == "on",
+    };
+    let text = serde_json::to_string_pretty(&info)
+        .map_err(|error| UpError::BaseCopy(error.to_string()))?;
+    let path = layout.pageserver_base_info();
+    manifest::write_atomically(&path, text.as_bytes()).map_err(io_error("cannot write", &path))
+}
+
+/// `None` for a cluster created before `tarn up` took a base copy.
+fn read_base_info(layout: &ClusterLayout) -> Result<Option<BaseInfo>, UpError> {
+    let path = layout.pageserver_base_info();
+    let text = match fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(io_error("cannot read", &path)(error)),
+    };
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|error| UpError::BaseCopy(format!("{}: {error}", path.display())))
+}
+
+fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
+    fs::create_dir_all(to)?;
+    for entry in fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else if kind.is_file() {
+            fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
 }
 
 fn random_timeline_id() -> Result<TimelineId, UpError> {
@@ -420,11 +562,16 @@ fn lock_cluster_dir(layout: &ClusterLayout) -> Result<File, UpError> {
 }
 
 fn ensure_ports_free(options: &UpOptions) -> Result<(), UpError> {
-    let components = std::iter::once((options.postgres_port, layout::POSTGRES.to_string())).chain(
-        (1..)
-            .zip(options.safekeeper_ports)
-            .map(|(id, port)| (port, layout::safekeeper_name(id))),
-    );
+    let components = std::iter::once((options.postgres_port, layout::POSTGRES.to_string()))
+        .chain(
+            (1..)
+                .zip(options.safekeeper_ports)
+                .map(|(id, port)| (port, layout::safekeeper_name(id))),
+        )
+        .chain(std::iter::once((
+            options.pageserver_port,
+            layout::PAGESERVER.to_string(),
+        )));
     for (port, component) in components {
         match ports::port_is_free(port) {
             Ok(true) => {}
@@ -610,6 +757,7 @@ struct RunningCluster {
     safekeepers: Vec<Component>,
     postgres: Option<PgCluster>,
     proposer: Option<Component>,
+    pageserver: Option<Component>,
 }
 
 impl RunningCluster {
@@ -617,6 +765,7 @@ impl RunningCluster {
         self.safekeepers
             .iter()
             .chain(self.proposer.as_ref())
+            .chain(self.pageserver.as_ref())
             .map(|component| (component.name.clone(), component.record()))
             .collect()
     }
@@ -660,7 +809,12 @@ impl RunningCluster {
     fn supervise(&mut self, shutdown_requested: &AtomicBool) {
         let mut postgres_was_running = true;
         while !shutdown_requested.load(Ordering::Relaxed) {
-            for component in self.safekeepers.iter_mut().chain(self.proposer.as_mut()) {
+            for component in self
+                .safekeepers
+                .iter_mut()
+                .chain(self.proposer.as_mut())
+                .chain(self.pageserver.as_mut())
+            {
                 let already_reported = component.exit_status.is_some();
                 if let (false, Some(status)) = (already_reported, component.poll_exit()) {
                     tracing::error!(
@@ -704,6 +858,10 @@ impl RunningCluster {
             proposer.request_stop();
             proposer.finish_stop(Instant::now() + COMPONENT_STOP_GRACE);
         }
+        if let Some(mut pageserver) = self.pageserver.take() {
+            pageserver.request_stop();
+            pageserver.finish_stop(Instant::now() + COMPONENT_STOP_GRACE);
+        }
         for safekeeper in &mut self.safekeepers {
             safekeeper.request_stop();
         }
@@ -732,11 +890,12 @@ mod tests {
 
     #[test]
     fn rejects_duplicate_and_zero_ports() {
-        assert!(validate_ports(5000, &[5001, 5002, 5003]).is_ok());
+        assert!(validate_ports(5000, &[5001, 5002, 5003], 5004).is_ok());
         assert_eq!(
-            validate_ports(5000, &[5001, 5000, 5003]),
+            validate_ports(5000, &[5001, 5000, 5003], 5004),
             Err("port 5000 is given to two components".to_string())
         );
-        assert!(validate_ports(0, &[5001, 5002, 5003]).is_err());
+        assert!(validate_ports(0, &[5001, 5002, 5003], 5004).is_err());
+        assert!(validate_ports(5000, &[5001, 5002, 5003], 5003).is_err());
     }
 }

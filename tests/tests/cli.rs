@@ -88,7 +88,7 @@ fn up_rejects_bad_arguments_before_touching_anything() {
 #[test]
 fn up_names_the_port_that_is_in_use() {
     let dir = TempDir::new("cliport");
-    let base = free_port_range(4);
+    let base = free_port_range(5);
     let cluster_dir = dir.join("cluster");
     let port_arg = base.to_string();
     let args = ["up", "--dir", path_arg(&cluster_dir), "--port", &port_arg];
@@ -127,6 +127,7 @@ fn prepare_cluster_dir(
         timeline_id: TimelineId(0xfeed),
         postgres_port: base,
         safekeeper_ports: vec![base + 1, base + 2, base + 3],
+        pageserver_port: None,
         supervisor_pid: None,
         components: BTreeMap::new(),
     };
@@ -139,7 +140,7 @@ fn up_refuses_a_data_directory_that_belongs_to_another_cluster() {
     let dir = TempDir::new("cliforeign");
     let layout = ClusterLayout::new(dir.join("cluster"));
     fs::create_dir_all(&layout.dir).expect("mkdir");
-    let base = free_port_range(4);
+    let base = free_port_range(5);
     let mut cluster = prepare_cluster_dir(&layout, None, base);
     let actual = cluster.system_id().expect("system id");
     let port_arg = base.to_string();
@@ -180,7 +181,7 @@ fn up_refuses_a_data_directory_that_belongs_to_another_cluster() {
 #[test]
 fn up_explains_an_incomplete_cluster_directory() {
     let dir = TempDir::new("clihalf");
-    let base = free_port_range(4);
+    let base = free_port_range(5);
     let port_arg = base.to_string();
 
     // initdb ran but tarn.json was never written.
@@ -207,6 +208,7 @@ fn up_explains_an_incomplete_cluster_directory() {
         timeline_id: TimelineId(1),
         postgres_port: base,
         safekeeper_ports: vec![base + 1, base + 2, base + 3],
+        pageserver_port: None,
         supervisor_pid: None,
         components: BTreeMap::new(),
     }
@@ -234,7 +236,7 @@ fn status_reports_components_postgres_and_the_proposer_state() {
     let dir = TempDir::new("clistatus");
     let layout = ClusterLayout::new(dir.join("cluster"));
     fs::create_dir_all(&layout.dir).expect("mkdir");
-    let base = free_port_range(4);
+    let base = free_port_range(5);
     let mut cluster = prepare_cluster_dir(&layout, None, base);
     let mut manifest = ClusterManifest::read(&layout)
         .expect("read")
@@ -312,7 +314,7 @@ fn up_runs_a_cluster_that_commits_restarts_and_stops_cleanly() {
     let dir = TempDir::new("cliup");
     let cluster_dir = dir.join("cluster");
     let d = path_arg(&cluster_dir);
-    let base = free_port_range(4);
+    let base = free_port_range(5);
     let port_arg = base.to_string();
     let up = TarnUp::start(&cluster_dir, &["--port", &port_arg])
         .unwrap_or_else(|error| panic!("{error}"));

@@ -75,7 +75,7 @@ struct Cluster {
 impl Cluster {
     fn start(name: &str) -> Cluster {
         let dir = TempDir::new(name);
-        let port = free_port_range(4).to_string();
+        let port = free_port_range(5).to_string();
         let up = TarnUp::start(&dir.join("cluster"), &["--port", &port])
             .unwrap_or_else(|error| panic!("{error}"));
         let manifest = up.manifest();
