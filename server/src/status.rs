@@ -52,7 +52,43 @@ pub struct PageserverReport {
     pub addr: SocketAddr,
     pub last_ingested_lsn: Option<String>,
     pub durable_lsn: Option<String>,
+    /// Deltas replayed per GetPage since the pageserver started.
+    pub getpage_deltas: Option<GetPageDeltas>,
     pub error: Option<String>,
+}
+
+/// The distribution of deltas replayed per GetPage.
+#[derive(Debug, Serialize)]
+pub struct GetPageDeltas {
+    pub gets: u64,
+    pub deltas_replayed: u64,
+    pub max: u32,
+    /// The pushdown threshold ingest keeps page chains under.
+    pub threshold: u32,
+    pub over_threshold: u64,
+    /// Non-empty buckets by powers of two, in order: `("2-3", gets)`.
+    pub buckets: Vec<(String, u64)>,
+}
+
+impl GetPageDeltas {
+    fn from_stats(stats: &tarn_pages::service::protocol::GetPageStats) -> GetPageDeltas {
+        use tarn_pages::reconstruct::ReconstructMetrics;
+        let m = &stats.metrics;
+        GetPageDeltas {
+            gets: m.gets,
+            deltas_replayed: m.deltas_replayed,
+            max: m.max_deltas,
+            threshold: stats.threshold,
+            over_threshold: m.over_threshold,
+            buckets: m
+                .histogram
+                .iter()
+                .enumerate()
+                .filter(|(_, count)| **count > 0)
+                .map(|(bucket, count)| (ReconstructMetrics::bucket_label(bucket), *count))
+                .collect(),
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -172,22 +208,30 @@ fn query_pageserver(port: u16) -> PageserverReport {
     let addr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port));
     let answer = PageserverClient::connect(addr, PAGESERVER_QUERY_TIMEOUT)
         .and_then(|mut client| client.call(&Request::Status));
-    let (last_ingested_lsn, durable_lsn, error) = match answer {
+    let (last_ingested_lsn, durable_lsn, getpage_deltas, error) = match answer {
         Ok(Response::Status {
             last_ingested_lsn,
             durable_lsn,
+            getpage,
         }) => (
             Some(last_ingested_lsn.to_string()),
             Some(durable_lsn.to_string()),
+            Some(GetPageDeltas::from_stats(&getpage)),
             None,
         ),
-        Ok(other) => (None, None, Some(format!("unexpected answer {other:?}"))),
-        Err(error) => (None, None, Some(error.to_string())),
+        Ok(other) => (
+            None,
+            None,
+            None,
+            Some(format!("unexpected answer {other:?}")),
+        ),
+        Err(error) => (None, None, None, Some(error.to_string())),
     };
     PageserverReport {
         addr,
         last_ingested_lsn,
         durable_lsn,
+        getpage_deltas,
         error,
     }
 }
@@ -400,6 +444,26 @@ pub fn render_table(status: &ClusterStatus) -> String {
                     "\npageserver {}: last ingested LSN {ingested}, durable LSN {durable}",
                     pageserver.addr
                 );
+                if let Some(deltas) = &pageserver.getpage_deltas {
+                    let buckets: Vec<String> = deltas
+                        .buckets
+                        .iter()
+                        .map(|(label, count)| format!("{label}:{count}"))
+                        .collect();
+                    let _ = writeln!(
+                        out,
+                        "pageserver deltas replayed per GetPage: {} gets, max {} (threshold {}, {} over), by count {}",
+                        deltas.gets,
+                        deltas.max,
+                        deltas.threshold,
+                        deltas.over_threshold,
+                        if buckets.is_empty() {
+                            "-".to_string()
+                        } else {
+                            buckets.join(" ")
+                        }
+                    );
+                }
             }
             _ => {
                 let _ = writeln!(

@@ -92,6 +92,7 @@ fn pageserver_serves_pages_of_committed_wal() {
     let table = String::from_utf8_lossy(&table.stdout);
     assert!(table.contains("pageserver 127.0.0.1"), "{table}");
     assert!(table.contains("last ingested LSN"), "{table}");
+    assert!(table.contains("deltas replayed per GetPage"), "{table}");
 
     let mut client = PageserverClient::connect(addr, CLIENT_TIMEOUT).expect("connect");
     let at = |lsn: Lsn, blk: u32| RelRequest {

@@ -14,8 +14,11 @@
 //! - `4` Status: empty body.
 //!
 //! Responses: `0x81` Page (8192 bytes), `0x82` Size (`u32` blocks), `0x83` Exists
-//! (`u8` 0/1), `0x84` Status (`last_ingested_lsn u64 | durable_lsn u64`), `0xFF` Error
-//! (`code u8 | UTF-8 text`).
+//! (`u8` 0/1), `0x84` Status (`last_ingested_lsn u64 | durable_lsn u64 |` the
+//! deltas replayed per GetPage: `threshold u32 | gets u64 | deltas_replayed u64 |
+//! max_deltas u32 | over_threshold u64 | store_nanos u64 | replay_nanos u64 |`
+//! [`DELTA_BUCKETS`] `u64` counts by powers of two, see [`ReconstructMetrics`]),
+//! `0xFF` Error (`code u8 | UTF-8 text`).
 
 use std::io::{self, Read, Write};
 
@@ -23,6 +26,7 @@ use tarn_wal::Lsn;
 use tarn_wal::decode::{ForkNumber, RelFileNode};
 
 use crate::BLCKSZ;
+use crate::reconstruct::{DELTA_BUCKETS, ReconstructMetrics};
 
 /// "TGP1": identifies a tarn GetPage frame.
 pub const SERVICE_MAGIC: u32 = 0x3150_4754;
@@ -30,7 +34,7 @@ pub const FRAME_HEADER_BYTES: usize = 9;
 /// The largest body any frame has (a page); anything larger is refused unread.
 pub const MAX_FRAME_BODY_BYTES: usize = 64 * 1024;
 const REL_REQUEST_BODY_BYTES: usize = 25;
-const STATUS_BODY_BYTES: usize = 16;
+const STATUS_BODY_BYTES: usize = 16 + 4 + 8 + 8 + 4 + 8 + 8 + 8 + 8 * DELTA_BUCKETS;
 
 const KIND_GET_PAGE: u8 = 1;
 const KIND_REL_SIZE: u8 = 2;
@@ -109,11 +113,21 @@ pub enum Response {
     Status {
         last_ingested_lsn: Lsn,
         durable_lsn: Lsn,
+        /// Deltas replayed per GetPage since the server started.
+        getpage: GetPageStats,
     },
     Error {
         code: ErrorCode,
         message: String,
     },
+}
+
+/// The distribution of deltas replayed per GetPage, as the status reports it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GetPageStats {
+    /// The pushdown threshold the server's ingest keeps chains under.
+    pub threshold: u32,
+    pub metrics: ReconstructMetrics,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -187,10 +201,22 @@ pub fn encode_response(resp: &Response) -> Vec<u8> {
         Response::Status {
             last_ingested_lsn,
             durable_lsn,
+            getpage,
         } => {
+            let m = &getpage.metrics;
             let mut body = Vec::with_capacity(STATUS_BODY_BYTES);
             body.extend_from_slice(&last_ingested_lsn.0.to_le_bytes());
             body.extend_from_slice(&durable_lsn.0.to_le_bytes());
+            body.extend_from_slice(&getpage.threshold.to_le_bytes());
+            body.extend_from_slice(&m.gets.to_le_bytes());
+            body.extend_from_slice(&m.deltas_replayed.to_le_bytes());
+            body.extend_from_slice(&m.max_deltas.to_le_bytes());
+            body.extend_from_slice(&m.over_threshold.to_le_bytes());
+            body.extend_from_slice(&m.store_nanos.to_le_bytes());
+            body.extend_from_slice(&m.replay_nanos.to_le_bytes());
+            for count in &m.histogram {
+                body.extend_from_slice(&count.to_le_bytes());
+            }
             frame(KIND_STATUS_REPLY, &body)
         }
         Response::Error { code, message } => {
@@ -268,9 +294,25 @@ pub fn decode_response(kind: u8, body: &[u8]) -> Result<Response, ServiceProtoco
         }
         KIND_STATUS_REPLY => {
             expect_len(kind, body, STATUS_BODY_BYTES)?;
+            let mut histogram = [0u64; DELTA_BUCKETS];
+            for (bucket, count) in histogram.iter_mut().enumerate() {
+                *count = u64_at(body, 64 + 8 * bucket);
+            }
             Ok(Response::Status {
                 last_ingested_lsn: Lsn(u64_at(body, 0)),
                 durable_lsn: Lsn(u64_at(body, 8)),
+                getpage: GetPageStats {
+                    threshold: u32_at(body, 16),
+                    metrics: ReconstructMetrics {
+                        gets: u64_at(body, 20),
+                        deltas_replayed: u64_at(body, 28),
+                        max_deltas: u32_at(body, 36),
+                        over_threshold: u64_at(body, 40),
+                        store_nanos: u64_at(body, 48),
+                        replay_nanos: u64_at(body, 56),
+                        histogram,
+                    },
+                },
             })
         }
         KIND_ERROR => {
@@ -374,6 +416,18 @@ mod tests {
             Response::Status {
                 last_ingested_lsn: Lsn(10),
                 durable_lsn: Lsn(5),
+                getpage: GetPageStats {
+                    threshold: 16,
+                    metrics: ReconstructMetrics {
+                        gets: 7,
+                        deltas_replayed: 40,
+                        max_deltas: 17,
+                        histogram: [1, 1, 0, 0, 3, 2, 0, 0, 0, 0, 0, u64::MAX],
+                        over_threshold: 1,
+                        store_nanos: 123,
+                        replay_nanos: 456,
+                    },
+                },
             },
             Response::Error {
                 code: ErrorCode::Timeout,

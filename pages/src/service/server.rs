@@ -22,14 +22,12 @@ use tarn_wal::{Lsn, TimelineId};
 
 use super::follower::{FollowError, WalFollower};
 use super::protocol::{
-    ErrorCode, RelRequest, Request, Response, ServiceProtocolError, decode_request,
+    ErrorCode, GetPageStats, RelRequest, Request, Response, ServiceProtocolError, decode_request,
     encode_response, read_frame,
 };
 use crate::ingest::import::{ImportError, import_data_dir};
 use crate::ingest::{DEFAULT_IMAGE_THRESHOLD_DELTAS, IngestConfig, Ingester};
-use crate::reconstruct::{
-    ReconstructError, get_page_at_lsn, get_rel_size, materializer, rel_exists,
-};
+use crate::reconstruct::{PageReader, ReconstructError, get_rel_size, materializer, rel_exists};
 use crate::store::{Key, StoreConfig, StoreError, TimelineStore};
 use crate::{BLCKSZ, RedoSettings};
 
@@ -116,6 +114,7 @@ pub fn run(config: PageserverConfig, shutdown: Arc<AtomicBool>) -> Result<(), Pa
             config.safekeepers.clone(),
             config.segment_size_bytes,
         ),
+        reader: PageReader::new(DEFAULT_IMAGE_THRESHOLD_DELTAS),
         decoder: None,
         segment_size_bytes: config.segment_size_bytes,
         stopped: None,
@@ -158,6 +157,9 @@ struct StoreThread {
     store: TimelineStore,
     ingester: Ingester,
     follower: WalFollower,
+    /// Reads pages for GetPage, counting the deltas each replays (reported by
+    /// `Status`) and noting pages whose chain exceeded the pushdown threshold.
+    reader: PageReader,
     /// Created once the system id is known, at the store's last LSN (a record end).
     decoder: Option<WalStreamDecoder>,
     segment_size_bytes: u64,
@@ -180,6 +182,11 @@ impl StoreThread {
                 self.pending.push(job);
             }
             self.answer_ready();
+            // Pages a read found with a chain above the threshold get an image at the
+            // next record (chains can exceed it after a restart: see `Ingester`).
+            for key in self.reader.take_image_requests() {
+                self.ingester.request_image(key);
+            }
             let progressed = if self.stopped.is_none() {
                 match self.ingest_step() {
                     Ok(progressed) => progressed,
@@ -309,17 +316,20 @@ impl StoreThread {
                 return Response::Status {
                     last_ingested_lsn: self.ingested_lsn,
                     durable_lsn: self.store.durable_lsn(),
+                    getpage: GetPageStats {
+                        threshold: DEFAULT_IMAGE_THRESHOLD_DELTAS,
+                        metrics: self.reader.metrics(),
+                    },
                 };
             }
-            Request::GetPage(r) => {
-                get_page_at_lsn(&self.store, Key::rel_block(r.rel, r.fork, r.blk), at(r)).map(
-                    |page| {
-                        let mut bytes = Box::new([0u8; BLCKSZ]);
-                        bytes.copy_from_slice(page.as_bytes());
-                        Response::Page(bytes)
-                    },
-                )
-            }
+            Request::GetPage(r) => self
+                .reader
+                .get_page_at_lsn(&self.store, Key::rel_block(r.rel, r.fork, r.blk), at(r))
+                .map(|page| {
+                    let mut bytes = Box::new([0u8; BLCKSZ]);
+                    bytes.copy_from_slice(page.as_bytes());
+                    Response::Page(bytes)
+                }),
             Request::RelSize(r) => {
                 get_rel_size(&self.store, r.rel, r.fork, at(r)).map(Response::Size)
             }
