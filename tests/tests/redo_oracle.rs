@@ -26,6 +26,11 @@
 //! to cover (every Heap, Heap2 and Btree type that changes pages, Sequence/LOG) that the
 //! workload did not produce and check at least once, or a record of a type that must
 //! register no block (Standby, XLOG other than FPIs, Btree/REUSE_PAGE) that has one.
+//!
+//! A second test runs the same oracle over the TPC-C-like mix of tpcc-lite (with
+//! `fk.sql`'s foreign-key multixacts and serial columns), then DDL: rewrites,
+//! TRUNCATE, VACUUM FULL, CLUSTER, CREATE/DROP DATABASE, TOAST, rolled-back and
+//! subtransaction-aborted work.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
@@ -214,14 +219,67 @@ const WORKLOAD_SQL: &[&str] = &[
 
 #[test]
 fn native_redo_matches_postgres_page_images() {
-    let dir = TempDir::new("redo-oracle");
+    let oracle = run_oracle(
+        "redo-oracle",
+        |cluster| {
+            cluster.psql(SCHEMA_SQL).expect("schema");
+        },
+        run_workload,
+    );
+    let report = oracle.report();
+    eprintln!("{report}");
+    oracle.assert_passed(&report);
+}
+
+/// The same oracle over a TPC-C-like mix with foreign-key multixacts and serial
+/// columns, then DDL: table and index rewrites, TRUNCATE, VACUUM FULL, CLUSTER,
+/// CREATE/DROP DATABASE, TOAST, and rolled-back and subtransaction-aborted work.
+#[test]
+fn native_redo_matches_postgres_under_tpcc_and_ddl() {
+    let oracle = run_oracle(
+        "redo-oracle-tpcc",
+        load_tpcc_schema,
+        run_tpcc_and_ddl_workload,
+    );
+    let report = oracle.report();
+    eprintln!("{report}");
+    oracle.assert_consistent(&report);
+    for name in [
+        "Heap/INSERT",
+        "Heap/UPDATE",
+        "Heap/HOT_UPDATE",
+        "Heap/DELETE",
+        "Heap/LOCK",
+        "Heap2/PRUNE",
+        "Btree/INSERT_LEAF",
+        "Sequence/LOG",
+    ] {
+        let count = oracle.stats.get(name).map_or(0, |stats| stats.checked);
+        assert!(count > 0, "no {name} record was checked:\n{report}");
+    }
+    assert!(
+        oracle.features.contains_key("xmax is multi"),
+        "no multixact from the foreign-key lockers:\n{report}"
+    );
+}
+
+/// Brings up a fresh cluster, runs `schema` to make the base state X (a clean
+/// shutdown), then `workload` with every record carrying its pages' after-images, and
+/// replays everything after X through the oracle, ending with the comparison against
+/// the data directory.
+fn run_oracle(
+    name: &str,
+    schema: impl FnOnce(&PgCluster),
+    workload: impl FnOnce(&PgCluster, &TempDir),
+) -> Oracle {
+    let dir = TempDir::new(name);
     let bins = pg();
     let mut cluster = PgCluster::init(&bins, &dir.join("data")).expect("initdb");
 
     // The base state: the workload's tables, then a clean stop.
     cluster.set_settings(&BASE_SETTINGS).expect("settings");
     cluster.start(free_port()).expect("start");
-    cluster.psql(SCHEMA_SQL).expect("schema");
+    schema(&cluster);
     cluster.psql("CHECKPOINT").expect("checkpoint");
     cluster.stop(StopMode::Fast).expect("clean stop");
     let control = pg_controldata(&bins.tool("pg_controldata"), cluster.data_dir());
@@ -240,7 +298,7 @@ fn native_redo_matches_postgres_page_images() {
     settings.push(("full_page_writes", "off"));
     cluster.set_settings(&settings).expect("settings");
     cluster.start(free_port()).expect("restart");
-    run_workload(&cluster, &dir);
+    workload(&cluster, &dir);
     cluster.stop(StopMode::Fast).expect("clean stop");
     let control = pg_controldata(&bins.tool("pg_controldata"), cluster.data_dir());
     let final_checkpoint: Lsn = control["Latest checkpoint location"]
@@ -288,10 +346,7 @@ fn native_redo_matches_postgres_page_images() {
 
     // The pages as Postgres left them at its clean shutdown.
     oracle.compare_final_state(cluster.data_dir());
-
-    let report = oracle.report();
-    eprintln!("{report}");
-    oracle.assert_passed(&report);
+    oracle
 }
 
 /// Runs the SQL workload (with concurrent sessions for multixacts and locks on updated
@@ -359,6 +414,156 @@ fn run_workload(cluster: &PgCluster, dir: &TempDir) {
             .psql(sql)
             .unwrap_or_else(|error| panic!("{sql}: {error}"));
     }
+}
+
+/// The TPC-C-like reference workload (tpcc-lite): schema, loaded at one warehouse,
+/// and the transaction scripts with their pgbench weights.
+const TPCC_SCHEMA_SQL: &str = include_str!("../data/tpcc-lite/schema.sql");
+const TPCC_SCRIPTS: [(&str, &str, u32); 6] = [
+    (
+        "neworder.sql",
+        include_str!("../data/tpcc-lite/neworder.sql"),
+        45,
+    ),
+    (
+        "payment.sql",
+        include_str!("../data/tpcc-lite/payment.sql"),
+        43,
+    ),
+    (
+        "delivery.sql",
+        include_str!("../data/tpcc-lite/delivery.sql"),
+        4,
+    ),
+    (
+        "orderstatus.sql",
+        include_str!("../data/tpcc-lite/orderstatus.sql"),
+        4,
+    ),
+    (
+        "stocklevel.sql",
+        include_str!("../data/tpcc-lite/stocklevel.sql"),
+        4,
+    ),
+    // Concurrent foreign-key checks share-lock the same parent rows: multixacts.
+    ("fk.sql", include_str!("../data/tpcc-lite/fk.sql"), 30),
+];
+/// Warehouses loaded (the reference loads 4; the scripts pick among 1..=4).
+const TPCC_WAREHOUSES: u32 = 1;
+/// How long, and with how many clients, pgbench runs the mix.
+const TPCC_SECONDS: &str = "12";
+const TPCC_CLIENTS: &str = "3";
+
+/// The tables fk.sql works on, and those the DDL workload starts from.
+const TPCC_EXTRA_SCHEMA_SQL: &str = "
+CREATE TABLE fk_parent (id int PRIMARY KEY, note text);
+INSERT INTO fk_parent SELECT g, 'parent ' || g FROM generate_series(1, 10) g;
+CREATE TABLE fk_child (id serial PRIMARY KEY, parent_id int NOT NULL REFERENCES fk_parent, v int);
+CREATE TABLE fk_other (id int PRIMARY KEY, v int);
+INSERT INTO fk_other SELECT g, 0 FROM generate_series(1, 10) g;
+CREATE TABLE ddl_base (id int PRIMARY KEY, k int, note text);
+CREATE INDEX ddl_base_k ON ddl_base (k);
+INSERT INTO ddl_base SELECT g, g % 100, repeat('b', 50 + g % 50) FROM generate_series(1, 5000) g;
+VACUUM ddl_base;
+";
+
+/// DDL and maintenance after the TPC-C-like mix, in order.
+const DDL_WORKLOAD_SQL: &[&str] = &[
+    // Tables and indexes born after X: their pages exist only in WAL.
+    "CREATE TABLE ddl_t (id serial PRIMARY KEY, k int, v int, doc text) WITH (fillfactor = 80)",
+    "INSERT INTO ddl_t (k, v, doc) SELECT g % 50, 0, repeat('d', 100) FROM generate_series(1, 3000) g",
+    "CREATE INDEX ddl_t_k ON ddl_t (k)",
+    // A large text column, out of line (TOAST), uncompressible so it really is chunked.
+    "ALTER TABLE ddl_t ADD COLUMN big text",
+    "UPDATE ddl_t SET big = (SELECT string_agg(md5(g::text || ddl_t.id), '') FROM generate_series(1, 200) g) \
+     WHERE id % 25 = 0",
+    // HOT (unindexed column) and non-HOT (indexed column) updates.
+    "UPDATE ddl_t SET v = v + 1 WHERE id % 3 = 0",
+    "UPDATE ddl_t SET k = k + 1000 WHERE id % 7 = 0",
+    "UPDATE ddl_base SET note = note || '+' WHERE id % 4 = 0",
+    "UPDATE ddl_base SET k = k + 500 WHERE id % 9 = 0",
+    // Rolled-back and subtransaction-aborted work, DDL included.
+    "BEGIN; INSERT INTO ddl_t (k, v, doc) SELECT 1, 1, 'gone' FROM generate_series(1, 500); \
+     CREATE TABLE ddl_gone (id int); INSERT INTO ddl_gone VALUES (1); ROLLBACK",
+    "BEGIN; UPDATE ddl_base SET note = 'kept' WHERE id BETWEEN 1 AND 200; SAVEPOINT a; \
+     DELETE FROM ddl_base WHERE id BETWEEN 201 AND 600; UPDATE ddl_t SET k = -1 WHERE id < 100; \
+     ROLLBACK TO a; SAVEPOINT b; INSERT INTO ddl_t (k, v, doc) VALUES (7, 7, 'sub'); RELEASE b; \
+     SAVEPOINT c; CREATE INDEX ddl_base_note ON ddl_base (note); ROLLBACK TO c; COMMIT",
+    "DELETE FROM ddl_t WHERE id % 5 = 0",
+    "VACUUM ddl_t",
+    // Rewrites: a column type change, VACUUM FULL and CLUSTER write new relation
+    // files (and their indexes and TOAST tables) as full-page images.
+    "ALTER TABLE ddl_t ALTER COLUMN v TYPE bigint",
+    "VACUUM FULL ddl_t",
+    "CLUSTER ddl_base USING ddl_base_k",
+    "ALTER TABLE ddl_base ADD COLUMN extra int DEFAULT 5",
+    "ALTER TABLE ddl_base DROP COLUMN extra",
+    "DROP INDEX ddl_t_k",
+    "CREATE UNIQUE INDEX ddl_t_id_k ON ddl_t (id, k)",
+    "REINDEX TABLE ddl_t",
+    // TRUNCATE: a new relation file; in the creating transaction, the file itself
+    // is truncated (smgr truncate).
+    "TRUNCATE ddl_base",
+    "INSERT INTO ddl_base SELECT g, g, 'after truncate' FROM generate_series(1, 500) g",
+    "BEGIN; CREATE TABLE ddl_tmp (id int PRIMARY KEY, note text); \
+     INSERT INTO ddl_tmp SELECT g, 'x' FROM generate_series(1, 2000) g; TRUNCATE ddl_tmp; \
+     INSERT INTO ddl_tmp VALUES (1, 'y'); COMMIT",
+    "VACUUM ddl_base",
+    "VACUUM ANALYZE",
+    "DROP TABLE ddl_tmp",
+    "DROP TABLE ddl_t",
+    // A database copied page by page from template1 in WAL, used, then dropped.
+    "CREATE DATABASE oracle_db",
+];
+
+/// The TPC-C-like base state: the reference schema at [`TPCC_WAREHOUSES`], plus the
+/// foreign-key and DDL tables.
+fn load_tpcc_schema(cluster: &PgCluster) {
+    let schema = TPCC_SCHEMA_SQL.replace("\\set W 4", &format!("\\set W {TPCC_WAREHOUSES}"));
+    assert_ne!(schema, TPCC_SCHEMA_SQL, "tpcc-lite schema sets W");
+    cluster.psql(&schema).expect("tpcc-lite schema");
+    cluster
+        .psql(TPCC_EXTRA_SCHEMA_SQL)
+        .expect("foreign-key and DDL tables");
+    cluster.psql("VACUUM ANALYZE").expect("vacuum after load");
+}
+
+/// pgbench over the TPC-C-like mix with fk.sql, then the DDL workload.
+fn run_tpcc_and_ddl_workload(cluster: &PgCluster, dir: &TempDir) {
+    let mut args: Vec<String> = ["-n", "-c", TPCC_CLIENTS, "-j", "2", "-T", TPCC_SECONDS]
+        .iter()
+        .map(|arg| arg.to_string())
+        .collect();
+    for (name, script, weight) in TPCC_SCRIPTS {
+        let script = script.replace("random(1,4)", &format!("random(1,{TPCC_WAREHOUSES})"));
+        let path = dir.join(name);
+        fs::write(&path, script).expect("write pgbench script");
+        args.push("-f".to_string());
+        args.push(format!("{}@{weight}", path.to_str().expect("UTF-8 path")));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    cluster.pgbench(&args).expect("pgbench tpcc-lite");
+    let children = cluster
+        .psql("SELECT count(*) FROM fk_child")
+        .expect("count fk_child");
+    assert!(children != "0", "fk.sql ran");
+
+    for sql in DDL_WORKLOAD_SQL {
+        cluster
+            .psql(sql)
+            .unwrap_or_else(|error| panic!("{sql}: {error}"));
+    }
+    cluster
+        .psql_db(
+            "oracle_db",
+            "CREATE TABLE in_db (id serial PRIMARY KEY, note text); \
+             INSERT INTO in_db (note) SELECT 'n' || g FROM generate_series(1, 1000) g; \
+             UPDATE in_db SET note = note || '!' WHERE id % 2 = 0; VACUUM in_db",
+        )
+        .expect("work in the new database");
+    cluster
+        .psql("DROP DATABASE oracle_db")
+        .expect("drop database");
 }
 
 /// Per record type: what the oracle did with its block references.
@@ -772,6 +977,19 @@ impl Oracle {
                 stats.unchecked
             );
         }
+        let blockless: Vec<String> = self
+            .stats
+            .iter()
+            .filter(|(_, stats)| {
+                stats.checked + stats.restored + stats.not_yet_redone + stats.unchecked == 0
+            })
+            .map(|(name, stats)| format!("{name} {}", stats.records))
+            .collect();
+        let _ = writeln!(
+            out,
+            "records without block references: {}",
+            blockless.join(", ")
+        );
         let features: Vec<String> = self
             .features
             .iter()
@@ -787,7 +1005,8 @@ impl Oracle {
         out
     }
 
-    fn assert_passed(&self, report: &str) {
+    /// No mismatch or redo failure, and something was checked.
+    fn assert_consistent(&self, report: &str) {
         assert!(
             self.failure_count == 0,
             "{} failures (first {} shown):\n{}\n\n{report}",
@@ -797,6 +1016,11 @@ impl Oracle {
         );
         let checked: u64 = self.stats.values().map(|stats| stats.checked).sum();
         assert!(checked > 0, "no supported record was checked:\n{report}");
+        assert!(self.final_pages_compared > 0 && self.final_vm_pages_compared > 0);
+    }
+
+    fn assert_passed(&self, report: &str) {
+        self.assert_consistent(report);
         // The workload must have exercised what this test claims to cover.
         for name in [
             "Heap/INSERT",
