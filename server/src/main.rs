@@ -144,6 +144,60 @@ enum LoadgenTarget {
     /// Act as a proposer on fresh timelines and append synthetic WAL to the
     /// safekeepers; report quorum append latency and throughput.
     Wal(LoadgenWalArgs),
+    /// Read pages of one relation from the pageserver (GetPage@LSN) at the latest or at
+    /// random historic LSNs; report latency and pages/s. With --pread-file, read the
+    /// same blocks from a file instead (a baseline).
+    Getpage(LoadgenGetpageArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct LoadgenGetpageArgs {
+    /// Pageserver GetPage@LSN address (host:port).
+    #[arg(long, value_parser = parse_host_port, required_unless_present = "pread_file")]
+    pageserver: Option<String>,
+    /// Instead of the pageserver, pread 8 KiB blocks from this file (e.g. Postgres's
+    /// own data file of the relation); --lsn is then ignored.
+    #[arg(long, conflicts_with = "pageserver")]
+    pread_file: Option<PathBuf>,
+    /// Relation as SPC/DB/REL.
+    #[arg(long, value_parser = parse_rel)]
+    rel: RelFileNode,
+    /// Fork: main, vm or init.
+    #[arg(long, default_value = "main", value_parser = parse_fork)]
+    fork: ForkNumber,
+    /// Blocks to read from (default: the relation's size).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    blocks: Option<u32>,
+    /// Read only the first FRACTION of the blocks (0 < FRACTION ≤ 1).
+    #[arg(long, default_value_t = 1.0)]
+    hot_set: f64,
+    /// latest (the newest ingested LSN) or historic (random LSNs in [--min-lsn, latest]).
+    #[arg(long, default_value = "latest")]
+    lsn: String,
+    /// Lowest LSN of historic reads (X/Y).
+    #[arg(long)]
+    min_lsn: Option<Lsn>,
+    /// Connections (one thread each).
+    #[arg(long, default_value_t = 1)]
+    concurrency: usize,
+    /// Requests outstanding per connection.
+    #[arg(long, default_value_t = 1)]
+    pipeline: usize,
+    /// Measured seconds.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Seconds of load before measuring.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Stop after this many measured reads in all (instead of after --duration).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    requests: Option<u64>,
+    /// Random seed (default: from the clock).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -393,7 +447,44 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Loadgen(LoadgenArgs {
             target: LoadgenTarget::Wal(args),
         }) => run_wal_loadgen(args),
+        Command::Loadgen(LoadgenArgs {
+            target: LoadgenTarget::Getpage(args),
+        }) => run_getpage_loadgen(args),
     }
+}
+
+fn run_getpage_loadgen(args: LoadgenGetpageArgs) -> anyhow::Result<()> {
+    use tarn_tools::loadgen::getpage::{GetPageLoadOptions, Target, parse_lsn_mode, run};
+    let seconds = |name: &str, value: f64| {
+        std::time::Duration::try_from_secs_f64(value)
+            .map_err(|_| anyhow::anyhow!("--{name} {value} is not a number of seconds"))
+    };
+    let target = match (args.pageserver, args.pread_file) {
+        (_, Some(path)) => Target::File(path),
+        (Some(addr), None) => Target::Pageserver(addr),
+        (None, None) => anyhow::bail!("--pageserver or --pread-file is required"),
+    };
+    let options = GetPageLoadOptions {
+        target,
+        rel: args.rel,
+        fork: args.fork,
+        blocks: args.blocks,
+        hot_set: args.hot_set,
+        lsn: parse_lsn_mode(&args.lsn, args.min_lsn).map_err(anyhow::Error::msg)?,
+        concurrency: args.concurrency,
+        pipeline: args.pipeline,
+        duration: seconds("duration", args.duration)?,
+        warmup: seconds("warmup", args.warmup)?,
+        requests: args.requests,
+        seed: args.seed,
+    };
+    let report = run(&options)?;
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.render_table());
+    }
+    Ok(())
 }
 
 fn run_wal_loadgen(args: LoadgenWalArgs) -> anyhow::Result<()> {
@@ -592,6 +683,68 @@ mod tests {
         assert!(parse_host_port("sk-1.local:5433").is_ok());
         assert!(parse_host_port("127.0.0.1").is_err());
         assert!(parse_host_port(":5433").is_err());
+    }
+
+    #[test]
+    fn parses_loadgen_getpage() {
+        let cli = Cli::try_parse_from([
+            "tarn",
+            "loadgen",
+            "getpage",
+            "--pageserver",
+            "127.0.0.1:5",
+            "--rel",
+            "1663/5/16384",
+            "--hot-set",
+            "0.1",
+            "--lsn",
+            "historic",
+            "--min-lsn",
+            "0/1000",
+            "--concurrency",
+            "4",
+            "--pipeline",
+            "8",
+        ])
+        .expect("parses");
+        let Command::Loadgen(LoadgenArgs {
+            target: LoadgenTarget::Getpage(args),
+        }) = cli.command
+        else {
+            panic!("not loadgen getpage");
+        };
+        assert_eq!(args.rel.rel_node, 16384);
+        assert_eq!((args.concurrency, args.pipeline), (4, 8));
+        assert_eq!(args.min_lsn, Some(Lsn(0x1000)));
+        // One target, exactly.
+        for bad in [
+            &["tarn", "loadgen", "getpage", "--rel", "1/2/3"][..],
+            &[
+                "tarn",
+                "loadgen",
+                "getpage",
+                "--rel",
+                "1/2/3",
+                "--pageserver",
+                "h:1",
+                "--pread-file",
+                "/x",
+            ],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
+        }
+        assert!(
+            Cli::try_parse_from([
+                "tarn",
+                "loadgen",
+                "getpage",
+                "--rel",
+                "1/2/3",
+                "--pread-file",
+                "/x"
+            ])
+            .is_ok()
+        );
     }
 
     #[test]

@@ -156,18 +156,95 @@ impl WalLoadReport {
             self.wal_mib_per_sec
         );
         let _ = writeln!(out);
-        let l = &self.latency;
-        let _ = writeln!(out, "quorum append latency (µs, {} samples):", l.count);
+        render_latency(&mut out, "quorum append latency", &self.latency, 0);
+        out
+    }
+}
+
+/// Appends a latency table (µs, `decimals` after the point) to `out`.
+fn render_latency(out: &mut String, title: &str, l: &LatencySummary, decimals: usize) {
+    let _ = writeln!(out, "{title} (µs, {} samples):", l.count);
+    let _ = writeln!(
+        out,
+        "{:>10}{:>10}{:>10}{:>10}{:>10}{:>10}{:>10}",
+        "min", "p50", "p90", "p99", "p99.9", "max", "mean"
+    );
+    let _ = writeln!(
+        out,
+        "{:>10.d$}{:>10.d$}{:>10.d$}{:>10.d$}{:>10.d$}{:>10.d$}{:>10.d$}",
+        l.min_us,
+        l.p50_us,
+        l.p90_us,
+        l.p99_us,
+        l.p999_us,
+        l.max_us,
+        l.mean_us,
+        d = decimals
+    );
+}
+
+/// The result of `tarn loadgen getpage`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct GetPageLoadReport {
+    /// `pageserver ADDR` or `pread FILE`.
+    pub target: String,
+    /// `SPC/DB/REL`.
+    pub rel: String,
+    /// Blocks of the relation considered, and the hot set drawn from (`[0, hot_blocks)`).
+    pub blocks: u32,
+    pub hot_blocks: u32,
+    /// `latest` or `historic`.
+    pub lsn: String,
+    /// For historic reads: LSNs were drawn from `[min_lsn, latest_lsn]`.
+    pub min_lsn: Option<String>,
+    pub latest_lsn: Option<String>,
+    pub concurrency: usize,
+    pub pipeline: usize,
+    pub warmup_secs: f64,
+    /// From the end of the warmup to the last measured response.
+    pub measured_secs: f64,
+    /// Pages read after the warmup.
+    pub pages: u64,
+    /// Measured requests answered with an error (not in the latency distribution).
+    pub errors: u64,
+    pub first_error: Option<String>,
+    pub pages_per_sec: f64,
+    /// From writing a request to reading its page.
+    pub latency: LatencySummary,
+}
+
+impl GetPageLoadReport {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("the report has only plain fields")
+    }
+
+    pub fn render_table(&self) -> String {
+        let mut out = String::new();
+        let lsn = match (&self.min_lsn, &self.latest_lsn) {
+            (Some(min), Some(latest)) => format!("historic LSNs in [{min}, {latest}]"),
+            _ => "the latest LSN".to_string(),
+        };
         let _ = writeln!(
             out,
-            "{:>10}{:>10}{:>10}{:>10}{:>10}{:>10}{:>10}",
-            "min", "p50", "p90", "p99", "p99.9", "max", "mean"
+            "tarn loadgen getpage: {}, rel {}, {} of {} blocks, {}, {} connection(s) × {} pipelined",
+            self.target,
+            self.rel,
+            self.hot_blocks,
+            self.blocks,
+            lsn,
+            self.concurrency,
+            self.pipeline
         );
         let _ = writeln!(
             out,
-            "{:>10.0}{:>10.0}{:>10.0}{:>10.0}{:>10.0}{:>10.0}{:>10.0}",
-            l.min_us, l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us, l.mean_us
+            "measured {:.2} s after {:.1} s of warmup: {} pages, {:.1} pages/s, {} errors",
+            self.measured_secs, self.warmup_secs, self.pages, self.pages_per_sec, self.errors
         );
+        if let Some(e) = &self.first_error {
+            let _ = writeln!(out, "first error: {e}");
+        }
+        let _ = writeln!(out);
+        render_latency(&mut out, "page read latency", &self.latency, 1);
         out
     }
 }
