@@ -21,6 +21,7 @@ use std::sync::{Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+pub mod pgdata;
 pub mod sql;
 
 pub use sql::{Row, SqlConnection, SqlError};

@@ -34,11 +34,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::fs::{self, File};
+use std::fs;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -55,6 +53,9 @@ use tarn_pages::reconstruct::{
 };
 use tarn_pages::store::{Key, SlruKind, StoreConfig, TimelineStore, Value};
 use tarn_pages::{BLCKSZ, Page, RedoSettings};
+use tarn_tests::pgdata::{
+    DiffFormat, RELSEG_BLOCKS, copy_tree, describe_diff, pg_controldata, read_block,
+};
 use tarn_tests::{PgCluster, StopMode, TempDir, free_port, pg};
 use tarn_wal::decode::{ForkNumber, PgWalDir, RawRecord, RelFileNode, WalRecordReader};
 use tarn_wal::format::{ScanStop, WalStreamParams};
@@ -62,14 +63,18 @@ use tarn_wal::{Lsn, SystemId};
 
 /// Timeline of a freshly initialised cluster.
 const TIMELINE: u32 = 1;
-/// Blocks per relation segment file (RELSEG_SIZE).
-const RELSEG_BLOCKS: u32 = 131_072;
 /// The open layer is frozen and flushed (and compaction given a chance) at this size.
 const FREEZE_AT_BYTES: usize = 32 << 20;
 /// Mismatches described in full; the rest are counted.
 const MAX_REPORTED_FAILURES: usize = 25;
-/// Differing byte runs shown per mismatch.
-const MAX_DIFF_RUNS: usize = 6;
+/// How mismatches are described: differing byte runs shown per mismatch, and bytes of
+/// each.
+const DIFF: DiffFormat = DiffFormat {
+    names: ("tarn", "postgres"),
+    run_names: ("tarn", "pg"),
+    max_runs: 6,
+    run_bytes: 12,
+};
 /// How long the first locker holds its share locks for the second to join them.
 const LOCK_HOLD: Duration = Duration::from_secs(3);
 const LOCK_HEAD_START: Duration = Duration::from_secs(1);
@@ -703,7 +708,7 @@ impl Check {
         }
         self.count(&category, mismatched);
         if mismatched {
-            let diff = describe_diff(&a, &b);
+            let diff = describe_diff(&a, &b, &DIFF);
             self.fail(format!("PAGE MISMATCH {what} ({category}): {diff}"));
         }
         // Init forks are written before they are logged (btbuildempty, smgrwrite then
@@ -760,7 +765,7 @@ impl Check {
                             let mismatched = ours != theirs;
                             self.count(&category, mismatched);
                             if mismatched {
-                                let diff = describe_diff(&ours, &theirs);
+                                let diff = describe_diff(&ours, &theirs, &DIFF);
                                 self.fail(format!(
                                     "SLRU MISMATCH {} segment {segno:04X} page {blk}: {diff}",
                                     slru.dir_name()
@@ -955,7 +960,7 @@ impl Check {
                     self.fail(format!(
                         "HISTORIC VM MISMATCH {type_name} at {} {key:?}: {}",
                         record.lsn,
-                        describe_diff(&a, &b)
+                        describe_diff(&a, &b, &DIFF)
                     ));
                 }
             }
@@ -969,7 +974,7 @@ impl Check {
                         "HISTORIC MISMATCH {type_name} at {} (end {}) {key:?}: {}",
                         record.lsn,
                         record.end_lsn,
-                        describe_diff(&a, &b)
+                        describe_diff(&a, &b, &DIFF)
                     ));
                 }
                 Ok(()) => {}
@@ -1158,83 +1163,6 @@ fn relation_forks(dir: &Path) -> io::Result<BTreeMap<(u32, ForkNumber), u32>> {
     Ok(forks)
 }
 
-fn relation_path(data_dir: &Path, rel: RelFileNode, fork: ForkNumber, blk: u32) -> PathBuf {
-    let dir = match rel.spc_node {
-        GLOBALTABLESPACE_OID => data_dir.join("global"),
-        _ => data_dir.join("base").join(rel.db_node.to_string()),
-    };
-    let suffix = match fork {
-        ForkNumber::Main => "",
-        ForkNumber::Fsm => "_fsm",
-        ForkNumber::VisibilityMap => "_vm",
-        ForkNumber::Init => "_init",
-    };
-    let segment = blk / RELSEG_BLOCKS;
-    if segment == 0 {
-        dir.join(format!("{}{suffix}", rel.rel_node))
-    } else {
-        dir.join(format!("{}{suffix}.{segment}", rel.rel_node))
-    }
-}
-
-fn read_block(
-    data_dir: &Path,
-    rel: RelFileNode,
-    fork: ForkNumber,
-    blk: u32,
-) -> io::Result<Option<Page>> {
-    let file = File::open(relation_path(data_dir, rel, fork, blk))?;
-    let mut buf = vec![0u8; BLCKSZ];
-    let offset = u64::from(blk % RELSEG_BLOCKS) * BLCKSZ as u64;
-    let mut filled = 0;
-    while filled < BLCKSZ {
-        match file.read_at(&mut buf[filled..], offset + filled as u64)? {
-            0 => return Ok(None),
-            n => filled += n,
-        }
-    }
-    Ok(Page::from_bytes(&buf))
-}
-
-/// Differing byte runs of two pages, with offsets.
-fn describe_diff(ours: &Page, theirs: &Page) -> String {
-    let (a, b) = (ours.as_bytes(), theirs.as_bytes());
-    let mut runs: Vec<(usize, usize)> = Vec::new();
-    let mut at = 0;
-    while at < BLCKSZ {
-        if a[at] != b[at] {
-            let start = at;
-            while at < BLCKSZ && a[at] != b[at] {
-                at += 1;
-            }
-            runs.push((start, at));
-        } else {
-            at += 1;
-        }
-    }
-    let total: usize = runs.iter().map(|(s, e)| e - s).sum();
-    let mut out = format!(
-        "{total} bytes differ in {} runs (tarn lower {} upper {} flags {:#x}; postgres lower {} upper {} flags {:#x})",
-        runs.len(),
-        ours.lower(),
-        ours.upper(),
-        ours.flags(),
-        theirs.lower(),
-        theirs.upper(),
-        theirs.flags()
-    );
-    for (start, end) in runs.iter().take(MAX_DIFF_RUNS) {
-        let shown = (*end).min(start + 12);
-        let _ = write!(
-            out,
-            "; @{start}..{end}: tarn {:02x?} pg {:02x?}",
-            &a[*start..shown],
-            &b[*start..shown]
-        );
-    }
-    out
-}
-
 /// The cost of an image against a delta in the store: put, freeze and flush of
 /// [`MEASURE_VALUES`] values of each kind into a scratch store (the write side of
 /// pushdown; the read side is the replay time per delta of the reports above).
@@ -1287,37 +1215,4 @@ fn first_segment(wal_dir: &Path, segment_size_bytes: u64) -> u64 {
         })
         .min()
         .expect("a WAL segment")
-}
-
-/// Copies a directory tree (regular files and directories).
-fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
-    fs::create_dir_all(to)?;
-    for entry in fs::read_dir(from)? {
-        let entry = entry?;
-        let target = to.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            copy_tree(&entry.path(), &target)?;
-        } else if entry.file_type()?.is_file() {
-            fs::copy(entry.path(), &target)?;
-        }
-    }
-    Ok(())
-}
-
-/// `pg_controldata` as a map of its "name: value" lines.
-fn pg_controldata(tool: &Path, data_dir: &Path) -> BTreeMap<String, String> {
-    let output = Command::new(tool)
-        .arg("-D")
-        .arg(data_dir)
-        .env("LC_ALL", "C")
-        .output()
-        .expect("run pg_controldata");
-    assert!(output.status.success(), "pg_controldata failed: {output:?}");
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter_map(|line| {
-            let (name, value) = line.split_once(':')?;
-            Some((name.trim().to_string(), value.trim().to_string()))
-        })
-        .collect()
 }

@@ -34,11 +34,9 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
-use std::fs::{self, File};
+use std::fs;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::thread;
 use std::time::Duration;
 
@@ -54,7 +52,8 @@ use tarn_pages::redo::{
     is_supported, parse_btree_record, parse_heap_record, parse_heap2_record, registers_no_blocks,
 };
 use tarn_pages::vm::{implicit_vm_clears, truncate_vm_page, vm_blocks_after_truncate};
-use tarn_pages::{BLCKSZ, Page, PageTag, RedoSettings, apply_record_with};
+use tarn_pages::{Page, PageTag, RedoSettings, apply_record_with};
+use tarn_tests::pgdata::{self, DiffFormat, copy_tree, describe_diff, pg_controldata};
 use tarn_tests::{PgCluster, StopMode, TempDir, free_port, pg};
 use tarn_wal::decode::{
     BlockRef, DecodedRecord, ForkNumber, PgWalDir, RelFileNode, WalRecordReader,
@@ -64,8 +63,6 @@ use tarn_wal::{Lsn, SystemId};
 
 /// Timeline of a freshly initialised cluster.
 const TIMELINE: u32 = 1;
-/// Blocks per relation segment file (RELSEG_SIZE: 1 GiB of 8 KiB pages).
-const RELSEG_BLOCKS: u32 = 131_072;
 /// Tablespace OIDs of `global/` and `base/`.
 const GLOBALTABLESPACE_OID: u32 = 1664;
 const DEFAULTTABLESPACE_OID: u32 = 1663;
@@ -75,8 +72,14 @@ const SMGR_TRUNCATE_HEAP: u32 = 0x1;
 const SMGR_TRUNCATE_VM: u32 = 0x2;
 /// Mismatches described in full in the failure message; the rest are counted.
 const MAX_REPORTED_FAILURES: usize = 20;
-/// Differing byte runs shown per mismatch.
-const MAX_DIFF_RUNS: usize = 8;
+/// How mismatches are described: differing byte runs shown per mismatch, and bytes of
+/// each.
+const DIFF: DiffFormat = DiffFormat {
+    names: ("replayed", "logged"),
+    run_names: ("replayed", "logged"),
+    max_runs: 8,
+    run_bytes: 16,
+};
 /// How long the concurrent sessions hold their locks for the others to meet them.
 const LOCK_HOLD: Duration = Duration::from_secs(3);
 /// Head start of the lock holder before the second session arrives.
@@ -775,7 +778,7 @@ impl Oracle {
             mask_page_lsn_and_checksum(&mut b);
             if a != b {
                 mismatched = true;
-                let diff = describe_diff(&a, &b);
+                let diff = describe_diff(&a, &b, &DIFF);
                 self.fail(format!(
                     "VM MISMATCH (LSN-masked) {type_name} at {} (end {}), block {} ({tag}): {diff}",
                     record.lsn, record.end_lsn, block.block_id
@@ -794,7 +797,7 @@ impl Oracle {
         }
         if a != b {
             mismatched = true;
-            let diff = describe_diff(&a, &b);
+            let diff = describe_diff(&a, &b, &DIFF);
             self.fail(format!(
                 "MISMATCH {type_name} at {} (end {}), block {} ({tag}): {diff}",
                 record.lsn, record.end_lsn, block.block_id
@@ -937,7 +940,7 @@ impl Oracle {
                 ));
             }
             if ours != theirs {
-                let diff = describe_diff(&ours, &theirs);
+                let diff = describe_diff(&ours, &theirs, &DIFF);
                 self.fail(format!(
                     "FINAL STATE MISMATCH: {what} {tag} (last changed by rmgr {:?}) differs from \
                      the data directory after shutdown: {diff}",
@@ -1215,121 +1218,14 @@ fn logged_image(record: &DecodedRecord, block: &BlockRef) -> Option<Page> {
     Page::from_bytes(&image[..])
 }
 
-/// Differing byte runs of two pages, with offsets: the first [`MAX_DIFF_RUNS`].
-fn describe_diff(replayed: &Page, logged: &Page) -> String {
-    let (a, b) = (replayed.as_bytes(), logged.as_bytes());
-    let mut runs: Vec<(usize, usize)> = Vec::new();
-    let mut total = 0;
-    let mut at = 0;
-    while at < BLCKSZ {
-        if a[at] != b[at] {
-            let start = at;
-            while at < BLCKSZ && a[at] != b[at] {
-                at += 1;
-            }
-            total += at - start;
-            runs.push((start, at));
-        } else {
-            at += 1;
-        }
-    }
-    let mut out = format!(
-        "{total} bytes differ in {} runs (replayed lower {} upper {} flags {:#x}; logged lower {} upper {} flags {:#x})",
-        runs.len(),
-        replayed.lower(),
-        replayed.upper(),
-        replayed.flags(),
-        logged.lower(),
-        logged.upper(),
-        logged.flags()
-    );
-    for (start, end) in runs.iter().take(MAX_DIFF_RUNS) {
-        let shown = (*end).min(start + 16);
-        let _ = write!(
-            out,
-            "; @{start}..{end}: replayed {:02x?} logged {:02x?}",
-            &a[*start..shown],
-            &b[*start..shown]
-        );
-    }
-    out
-}
-
-/// The file holding `tag` in a data directory (or a copy of its base/ and global/).
-fn relation_path(data_dir: &Path, tag: PageTag) -> PathBuf {
-    let rel = tag.rel;
-    let dir = match rel.spc_node {
-        GLOBALTABLESPACE_OID => data_dir.join("global"),
-        DEFAULTTABLESPACE_OID => data_dir.join("base").join(rel.db_node.to_string()),
-        other => panic!("tablespace {other} is not used by this test"),
-    };
-    let fork = match tag.fork {
-        ForkNumber::Main => "",
-        ForkNumber::Fsm => "_fsm",
-        ForkNumber::VisibilityMap => "_vm",
-        ForkNumber::Init => "_init",
-    };
-    let segment = tag.block / RELSEG_BLOCKS;
-    let name = if segment == 0 {
-        format!("{}{fork}", rel.rel_node)
-    } else {
-        format!("{}{fork}.{segment}", rel.rel_node)
-    };
-    dir.join(name)
-}
-
 /// Block `tag` from a data directory: `None` if the file or the block does not exist.
 fn read_block(data_dir: &Path, tag: PageTag) -> io::Result<Option<Page>> {
-    let path = relation_path(data_dir, tag);
-    let file = match File::open(&path) {
-        Ok(file) => file,
-        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(error) => return Err(error),
-    };
-    let offset = u64::from(tag.block % RELSEG_BLOCKS) * BLCKSZ as u64;
-    let mut buf = vec![0u8; BLCKSZ];
-    let mut filled = 0;
-    while filled < BLCKSZ {
-        match file.read_at(&mut buf[filled..], offset + filled as u64)? {
-            0 => break,
-            n => filled += n,
-        }
+    match tag.rel.spc_node {
+        GLOBALTABLESPACE_OID | DEFAULTTABLESPACE_OID => {}
+        other => panic!("tablespace {other} is not used by this test"),
     }
-    if filled < BLCKSZ {
-        return Ok(None);
+    match pgdata::read_block(data_dir, tag.rel, tag.fork, tag.block) {
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+        result => result,
     }
-    Ok(Page::from_bytes(&buf))
-}
-
-/// Copies a directory tree (regular files and directories only).
-fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
-    fs::create_dir_all(to)?;
-    for entry in fs::read_dir(from)? {
-        let entry = entry?;
-        let target = to.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            copy_tree(&entry.path(), &target)?;
-        } else {
-            fs::copy(entry.path(), &target)?;
-        }
-    }
-    Ok(())
-}
-
-/// `pg_controldata` as a map of its "name: value" lines.
-fn pg_controldata(tool: &Path, data_dir: &Path) -> BTreeMap<String, String> {
-    let output = Command::new(tool)
-        .arg("-D")
-        .arg(data_dir)
-        .env("LC_ALL", "C")
-        .output()
-        .expect("run pg_controldata");
-    assert!(output.status.success(), "pg_controldata failed: {output:?}");
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter_map(|line| {
-            let (name, value) = line.split_once(':')?;
-            Some((name.trim().to_string(), value.trim().to_string()))
-        })
-        .collect()
 }

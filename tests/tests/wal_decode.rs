@@ -9,14 +9,14 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
-use std::process::Command;
 
-use tarn_tests::{PgCluster, StopMode, TempDir, free_port, pg};
+use tarn_tests::pgdata::{first_segment_of_timeline, pg_waldump_output, start_wal_keeping_cluster};
+use tarn_tests::{StopMode, TempDir};
 use tarn_wal::decode::{
     BLCKSZ, DecodedRecord, ImageCompression, PgWalDir, RawRecord, WalRecordReader,
     decode_record_at, record_type_name,
 };
-use tarn_wal::format::{ScanStop, WalStreamParams, parse_segment_file_name};
+use tarn_wal::format::{ScanStop, WalStreamParams};
 use tarn_wal::{Lsn, SystemId};
 
 /// Timeline of a freshly initialised cluster.
@@ -35,20 +35,10 @@ const MAX_SEED_RECORD_BYTES: usize = 16 * 1024;
 #[test]
 fn decoder_matches_pg_waldump_stats_and_restores_every_image() {
     let dir = TempDir::new("waldec");
-    let bins = pg();
-    let mut cluster = PgCluster::init(&bins, &dir.join("data")).expect("initdb");
-    // Keep every segment; no timed checkpoints in the middle of the workload.
-    cluster
-        .set_settings(&[
-            ("wal_keep_size", "1GB"),
-            ("max_wal_size", "1GB"),
-            ("checkpoint_timeout", "1h"),
-            ("fsync", "off"),
-            ("full_page_writes", "on"),
-            ("wal_compression", "pglz"),
-        ])
-        .expect("settings");
-    cluster.start(free_port()).expect("start");
+    let (bins, mut cluster) = start_wal_keeping_cluster(
+        &dir,
+        &[("full_page_writes", "on"), ("wal_compression", "pglz")],
+    );
     for method in ["pglz", "lz4", "zstd", "off"] {
         let shown = cluster
             .psql(&format!(
@@ -134,7 +124,7 @@ fn decoder_matches_pg_waldump_stats_and_restores_every_image() {
         segment_size_bytes,
         system_id: Some(SystemId(system_id)),
     };
-    let first_segment = first_segment(&wal_dir, segment_size_bytes);
+    let first_segment = first_segment_of_timeline(&wal_dir, segment_size_bytes, TIMELINE);
     let wal_start = Lsn(first_segment * segment_size_bytes);
 
     // tarn's view: every record from the first segment's start to the end of WAL.
@@ -475,20 +465,6 @@ fn write_fuzz_seeds(dir: &Path, seeds: &BTreeMap<String, RawRecord>) {
     eprintln!("wrote {} fuzz seeds to {}", seeds.len() + 1, dir.display());
 }
 
-/// The lowest-numbered segment in `pg_wal`.
-fn first_segment(wal_dir: &Path, segment_size_bytes: u64) -> u64 {
-    fs::read_dir(wal_dir)
-        .expect("list pg_wal")
-        .filter_map(|entry| {
-            let name = entry.expect("pg_wal entry").file_name();
-            parse_segment_file_name(name.to_str()?, segment_size_bytes).ok()
-        })
-        .filter(|name| name.timeline == TIMELINE)
-        .map(|name| name.segno)
-        .min()
-        .expect("pg_wal holds segments")
-}
-
 struct DumpedStats {
     types: BTreeMap<String, TypeStats>,
     total: TypeStats,
@@ -498,21 +474,7 @@ struct DumpedStats {
 /// `pg_waldump --stats=record` from `start` to the end of WAL. It prints the statistics,
 /// then fails describing where WAL ends, which is expected here.
 fn pg_waldump_stats(tool: &Path, wal_dir: &Path, start: Lsn) -> DumpedStats {
-    let output = Command::new(tool)
-        .arg("-p")
-        .arg(wal_dir)
-        .arg("-s")
-        .arg(start.to_string())
-        .arg("--stats=record")
-        .env("LC_ALL", "C")
-        .output()
-        .expect("run pg_waldump");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("error in WAL record") || output.status.success(),
-        "pg_waldump: {stderr}"
-    );
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = pg_waldump_output(tool, wal_dir, start, &["--stats=record"]);
     let mut types = BTreeMap::new();
     let mut total = None;
     let mut end = None;

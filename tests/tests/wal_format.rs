@@ -4,16 +4,19 @@
 //! from any later segment start must find the same records from there on.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
+use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use tarn_tests::{PgCluster, StopMode, TempDir, free_port, pg};
+use tarn_tests::pgdata::{
+    first_segment_of_timeline, parse_controldata, pg_waldump_output, run_pg_controldata,
+    start_wal_keeping_cluster,
+};
+use tarn_tests::{StopMode, TempDir};
 use tarn_wal::format::{
     CompleteRecord, RecordBoundaryTracker, ScanStop, WalStreamParams, XLOG_BLCKSZ, find_end_of_wal,
-    max_align, parse_segment_file_name, segment_file_name,
+    max_align, segment_file_name,
 };
 use tarn_wal::{Lsn, SystemId};
 
@@ -26,19 +29,7 @@ const FEED_BYTES: usize = 128 * 1024;
 #[test]
 fn tracker_finds_the_records_pg_waldump_lists() {
     let dir = TempDir::new("walfmt");
-    let bins = pg();
-    let mut cluster = PgCluster::init(&bins, &dir.join("data")).expect("initdb");
-    // Keep every segment (no removal or recycling at checkpoints), and no timed
-    // checkpoints in the middle of the workload.
-    cluster
-        .set_settings(&[
-            ("wal_keep_size", "1GB"),
-            ("max_wal_size", "1GB"),
-            ("checkpoint_timeout", "1h"),
-            ("fsync", "off"),
-        ])
-        .expect("settings");
-    cluster.start(free_port()).expect("start");
+    let (bins, mut cluster) = start_wal_keeping_cluster(&dir, &[]);
     cluster
         .pgbench(&["-i", "-s", "5", "-q"])
         .expect("pgbench -i");
@@ -70,7 +61,7 @@ fn tracker_finds_the_records_pg_waldump_lists() {
     };
 
     let wal_dir = cluster.data_dir().join("pg_wal");
-    let first_segment = first_segment(&wal_dir, segment_size_bytes);
+    let first_segment = first_segment_of_timeline(&wal_dir, segment_size_bytes, TIMELINE);
     let wal_start = Lsn(first_segment * segment_size_bytes);
 
     // pg_waldump's view: every record from the first segment's start to the end of WAL.
@@ -264,20 +255,6 @@ impl tarn_wal::format::WalRead for SegmentReader {
     }
 }
 
-/// The lowest-numbered segment in `pg_wal`.
-fn first_segment(wal_dir: &Path, segment_size_bytes: u64) -> u64 {
-    fs::read_dir(wal_dir)
-        .expect("list pg_wal")
-        .filter_map(|entry| {
-            let name = entry.expect("pg_wal entry").file_name();
-            parse_segment_file_name(name.to_str()?, segment_size_bytes).ok()
-        })
-        .filter(|name| name.timeline == TIMELINE)
-        .map(|name| name.segno)
-        .min()
-        .expect("pg_wal holds segments")
-}
-
 #[derive(Clone, Debug)]
 struct DumpedRecord {
     start: Lsn,
@@ -288,20 +265,7 @@ struct DumpedRecord {
 /// Records listed by `pg_waldump -s START` (it reads until the end of WAL, then exits
 /// with an error describing where WAL ends, which is expected here).
 fn pg_waldump(tool: &Path, wal_dir: &Path, start: Lsn) -> Vec<DumpedRecord> {
-    let output = Command::new(tool)
-        .arg("-p")
-        .arg(wal_dir)
-        .arg("-s")
-        .arg(start.to_string())
-        .env("LC_ALL", "C")
-        .output()
-        .expect("run pg_waldump");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("error in WAL record") || output.status.success(),
-        "pg_waldump: {stderr}"
-    );
-    String::from_utf8_lossy(&output.stdout)
+    pg_waldump_output(tool, wal_dir, start, &[])
         .lines()
         .map(|line| {
             // rmgr: Heap  len (rec/tot): 54/ 154, tx: 735, lsn: 0/01A6B2A0, prev 0/01A6B268, desc: ...
@@ -352,20 +316,11 @@ fn record_end(start: Lsn, tot_len: u32, segment_size_bytes: u64) -> Lsn {
 
 /// `pg_controldata` output as "field: value" pairs.
 fn pg_controldata(tool: &Path, data_dir: &Path) -> BTreeMap<String, String> {
-    let output = Command::new(tool)
-        .arg("-D")
-        .arg(data_dir)
-        .env("LC_ALL", "C")
-        .output()
-        .expect("run pg_controldata");
+    let output = run_pg_controldata(tool, data_dir);
     assert!(
         output.status.success(),
         "pg_controldata: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter_map(|line| line.split_once(':'))
-        .map(|(key, value)| (key.trim().to_string(), value.trim().to_string()))
-        .collect()
+    parse_controldata(&output.stdout)
 }
