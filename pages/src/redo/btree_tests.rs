@@ -2,9 +2,8 @@
 //! the same bufpage primitives, following the C step by step; byte-exactness against
 //! Postgres itself is the redo oracle's job (tests/tests/redo_oracle.rs).
 
-use bytes::Bytes;
 use tarn_wal::Lsn;
-use tarn_wal::decode::{BlockRef, DecodedRecord, ForkNumber, RelFileNode};
+use tarn_wal::decode::{BlockRef, DecodedRecord, RelFileNode};
 
 use super::*;
 use crate::btree::posting::form_posting;
@@ -12,6 +11,7 @@ use crate::btree::{
     BTP_DELETED, BTP_HAS_FULLXID, BTP_ROOT, ItemPointer, SIZE_OF_BT_PAGE_OPAQUE, set_info, set_tid,
 };
 use crate::redo::seq::{SEQ_MAGIC, XLOG_SEQ_LOG};
+use crate::redo::test_records::{self, RecordAt};
 use crate::redo::{RM_BTREE_ID, RM_SEQ_ID, RM_STANDBY_ID, apply_record, registers_no_blocks};
 
 const LSN: Lsn = Lsn(0x0200_0000);
@@ -26,31 +26,16 @@ fn rel() -> RelFileNode {
 }
 
 fn block_ref(block_id: u8, block: u32, will_init: bool, data: Vec<u8>) -> BlockRef {
-    BlockRef {
-        block_id,
-        rel: rel(),
-        fork: ForkNumber::Main,
-        block,
-        will_init,
-        image: None,
-        data: Bytes::from(data),
-    }
+    test_records::block_ref(rel(), block_id, block, will_init, data)
 }
 
 fn record(rmid: u8, info: u8, blocks: Vec<BlockRef>, main_data: Vec<u8>) -> DecodedRecord {
-    DecodedRecord {
+    RecordAt {
         lsn: LSN,
         end_lsn: END_LSN,
         xid: 900,
-        prev: Lsn(0x01FF_FF00),
-        info,
-        rmid,
-        total_len: 0,
-        blocks,
-        main_data: Bytes::from(main_data),
-        origin: None,
-        toplevel_xid: None,
     }
+    .record(rmid, info, blocks, main_data)
 }
 
 fn tid(block: u32, offset: u16) -> ItemPointer {

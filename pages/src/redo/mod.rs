@@ -455,4 +455,6 @@ impl<'a> Fields<'a> {
 }
 
 #[cfg(test)]
+pub(crate) mod test_records;
+#[cfg(test)]
 mod tests;

@@ -14,6 +14,7 @@ use crate::mask::{btree_mask, heap_mask};
 use crate::page::{
     AddItemFlags, ItemId, LP_DEAD, LP_NORMAL, LP_REDIRECT, LP_UNUSED, PD_ALL_VISIBLE,
 };
+use crate::redo::test_records::{self, RecordAt};
 use crate::vm::{self, VISIBILITYMAP_ALL_FROZEN, VISIBILITYMAP_VALID_BITS, VmClear};
 
 const LSN: Lsn = Lsn(0x0100_0000);
@@ -30,31 +31,16 @@ fn rel() -> RelFileNode {
 }
 
 fn block_ref(block_id: u8, block: u32, will_init: bool, data: Vec<u8>) -> BlockRef {
-    BlockRef {
-        block_id,
-        rel: rel(),
-        fork: ForkNumber::Main,
-        block,
-        will_init,
-        image: None,
-        data: Bytes::from(data),
-    }
+    test_records::block_ref(rel(), block_id, block, will_init, data)
 }
 
 fn record(rmid: u8, info: u8, blocks: Vec<BlockRef>, main_data: Vec<u8>) -> DecodedRecord {
-    DecodedRecord {
+    RecordAt {
         lsn: LSN,
         end_lsn: END_LSN,
         xid: XID,
-        prev: Lsn(0x00FF_FF00),
-        info,
-        rmid,
-        total_len: 0,
-        blocks,
-        main_data: Bytes::from(main_data),
-        origin: None,
-        toplevel_xid: None,
     }
+    .record(rmid, info, blocks, main_data)
 }
 
 fn le16(v: u16) -> [u8; 2] {
