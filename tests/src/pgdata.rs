@@ -12,11 +12,12 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 
 use tarn_pages::ingest::GLOBALTABLESPACE_OID;
-use tarn_pages::{BLCKSZ, Page};
+use tarn_pages::{BLCKSZ, Page, RedoSettings};
 use tarn_server::postgres::{PgBinaries, PgCluster};
-use tarn_wal::Lsn;
 use tarn_wal::decode::{ForkNumber, RelFileNode};
+use tarn_wal::format::WalStreamParams;
 use tarn_wal::format::parse_segment_file_name;
+use tarn_wal::{Lsn, SystemId};
 
 use crate::{TempDir, free_port, pg};
 
@@ -214,4 +215,24 @@ pub fn describe_diff(left: &Page, right: &Page, format: &DiffFormat) -> String {
         );
     }
     out
+}
+
+/// The redo settings a cluster runs with, from its `pg_controldata` output.
+pub fn redo_settings(control: &BTreeMap<String, String>) -> RedoSettings {
+    RedoSettings {
+        data_checksums: control["Data page checksum version"] != "0",
+        wal_log_hints: control["wal_log_hints setting"] == "on",
+    }
+}
+
+/// The WAL stream parameters (segment size, system id) of a cluster, from its
+/// `pg_controldata` output.
+pub fn wal_stream_params(control: &BTreeMap<String, String>) -> WalStreamParams {
+    let segment_size_bytes: u64 = control["Bytes per WAL segment"]
+        .parse()
+        .expect("segment size");
+    let system_id: u64 = control["Database system identifier"]
+        .parse()
+        .expect("system id");
+    WalStreamParams::new(segment_size_bytes, Some(SystemId(system_id))).expect("stream params")
 }

@@ -52,14 +52,15 @@ use tarn_pages::reconstruct::{
     PageReader, ReconstructError, get_rel_size, get_slru_segment_size, materializer, rel_exists,
 };
 use tarn_pages::store::{Key, SlruKind, StoreConfig, TimelineStore, Value};
-use tarn_pages::{BLCKSZ, Page, RedoSettings};
+use tarn_pages::{BLCKSZ, Page};
 use tarn_tests::pgdata::{
-    DiffFormat, RELSEG_BLOCKS, copy_tree, describe_diff, pg_controldata, read_block,
+    DiffFormat, RELSEG_BLOCKS, copy_tree, describe_diff, pg_controldata, read_block, redo_settings,
+    wal_stream_params,
 };
 use tarn_tests::{PgCluster, StopMode, TempDir, free_port, pg};
+use tarn_wal::Lsn;
 use tarn_wal::decode::{ForkNumber, PgWalDir, RawRecord, RelFileNode, WalRecordReader};
-use tarn_wal::format::{ScanStop, WalStreamParams};
-use tarn_wal::{Lsn, SystemId};
+use tarn_wal::format::ScanStop;
 
 /// Timeline of a freshly initialised cluster.
 const TIMELINE: u32 = 1;
@@ -187,18 +188,9 @@ fn ingest_reproduces_postgres_data_files() {
     let shutdown_checkpoint: Lsn = control["Latest checkpoint location"]
         .parse()
         .expect("checkpoint LSN");
-    let settings = RedoSettings {
-        data_checksums: control["Data page checksum version"] != "0",
-        wal_log_hints: control["wal_log_hints setting"] == "on",
-    };
-    let segment_size_bytes: u64 = control["Bytes per WAL segment"]
-        .parse()
-        .expect("segment size");
-    let system_id: u64 = control["Database system identifier"]
-        .parse()
-        .expect("system id");
-    let params =
-        WalStreamParams::new(segment_size_bytes, Some(SystemId(system_id))).expect("stream params");
+    let settings = redo_settings(&control);
+    let params = wal_stream_params(&control);
+    let segment_size_bytes = params.segment_size_bytes;
     let wal_dir = cluster.data_dir().join("pg_wal");
     let wal_start = Lsn(first_segment(&wal_dir, segment_size_bytes) * segment_size_bytes);
 

@@ -53,13 +53,15 @@ use tarn_pages::redo::{
 };
 use tarn_pages::vm::{implicit_vm_clears, truncate_vm_page, vm_blocks_after_truncate};
 use tarn_pages::{Page, PageTag, RedoSettings, apply_record_with};
-use tarn_tests::pgdata::{self, DiffFormat, copy_tree, describe_diff, pg_controldata};
+use tarn_tests::pgdata::{
+    self, DiffFormat, copy_tree, describe_diff, pg_controldata, redo_settings, wal_stream_params,
+};
 use tarn_tests::{PgCluster, StopMode, TempDir, free_port, pg};
+use tarn_wal::Lsn;
 use tarn_wal::decode::{
     BlockRef, DecodedRecord, ForkNumber, PgWalDir, RelFileNode, WalRecordReader,
 };
-use tarn_wal::format::{ScanStop, WalStreamParams};
-use tarn_wal::{Lsn, SystemId};
+use tarn_wal::format::ScanStop;
 
 /// Timeline of a freshly initialised cluster.
 const TIMELINE: u32 = 1;
@@ -307,20 +309,11 @@ fn run_oracle(
     let final_checkpoint: Lsn = control["Latest checkpoint location"]
         .parse()
         .expect("checkpoint LSN");
-    let redo_settings = RedoSettings {
-        data_checksums: control["Data page checksum version"] != "0",
-        wal_log_hints: control["wal_log_hints setting"] == "on",
-    };
-    let segment_size_bytes: u64 = control["Bytes per WAL segment"]
-        .parse()
-        .expect("segment size");
-    let system_id: u64 = control["Database system identifier"]
-        .parse()
-        .expect("system id");
+    let redo_settings = redo_settings(&control);
 
     // Replay every record after X.
-    let params =
-        WalStreamParams::new(segment_size_bytes, Some(SystemId(system_id))).expect("stream params");
+    let params = wal_stream_params(&control);
+    let segment_size_bytes = params.segment_size_bytes;
     let wal = PgWalDir::new(
         cluster.data_dir().join("pg_wal"),
         TIMELINE,
