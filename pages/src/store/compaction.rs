@@ -35,6 +35,7 @@ use super::key::Key;
 use super::layer_file::{LayerKind, LayerSummary, LayerWriter};
 use super::layer_map::LayerMap;
 use super::read_path;
+use super::timeline_store::Ancestor;
 use super::timeline_store::{MaterializeError, StoreConfig};
 use super::value::{ReconstructData, Value};
 use super::{Result, StoreError};
@@ -69,6 +70,9 @@ struct Compactor<'a> {
     dir: &'a Path,
     config: &'a StoreConfig,
     temp_names: &'a mut TempNames,
+    /// A branch's parent: images of keys whose base lies below the branch point are
+    /// built from the parent's versions too.
+    ancestor: Option<&'a Ancestor>,
     /// Every file finished so far, removed if the compaction fails.
     written: Vec<PathBuf>,
     report: CompactionReport,
@@ -81,6 +85,7 @@ pub(crate) fn compact(
     durable_lsn: Lsn,
     config: &StoreConfig,
     temp_names: &mut TempNames,
+    ancestor: Option<&Ancestor>,
     materialize: Materializer<'_>,
 ) -> Result<Option<CompactionOutcome>> {
     let l0 = map.l0_deltas();
@@ -91,6 +96,7 @@ pub(crate) fn compact(
         dir,
         config,
         temp_names,
+        ancestor,
         written: Vec::new(),
         report: CompactionReport::default(),
     };
@@ -267,7 +273,10 @@ impl Compactor<'_> {
         lsn: Lsn,
         materialize: Materializer<'_>,
     ) -> Result<Option<Bytes>> {
-        let (data, _) = read_path::get(&[], map, key, lsn)?;
+        let (mut data, _) = read_path::get(&[], map, key, lsn)?;
+        if let Some(ancestor) = self.ancestor {
+            data = ancestor.complete(key, lsn, data)?;
+        }
         if data.is_empty() {
             return Ok(None);
         }

@@ -90,6 +90,13 @@ impl LayerMap {
         self.deltas.len() + self.images.len()
     }
 
+    /// The lowest LSN any layer holds a version at.
+    pub fn lowest_lsn(&self) -> Option<Lsn> {
+        let deltas = self.deltas.iter().map(|d| d.lsn_range().start);
+        let images = self.images.iter().map(|i| i.lsn());
+        deltas.chain(images).min()
+    }
+
     pub fn deltas(&self) -> &[Arc<DeltaLayer>] {
         &self.deltas
     }

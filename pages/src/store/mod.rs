@@ -42,7 +42,7 @@ use tarn_wal::Lsn;
 pub use compaction::CompactionReport;
 pub use key::{KEY_BYTES, Key, KeyClass, ParseKeyError, SlruKind};
 pub use read_path::{ReadMetrics, ReadStats};
-pub use timeline_store::{MaterializeError, StoreConfig, TimelineStore};
+pub use timeline_store::{Ancestor, MaterializeError, StoreConfig, TimelineStore};
 pub use value::{ReconstructData, Value};
 
 /// Errors of the page store. Corruption always names the file and byte offset.
@@ -77,6 +77,19 @@ pub enum StoreError {
     },
     #[error("freeze at {up_to} is below LSN {floor} already in the store")]
     FreezeBelow { up_to: Lsn, floor: Lsn },
+    #[error("timeline {timeline_id} is in use (its store is borrowed for writing)")]
+    AncestorBusy { timeline_id: tarn_wal::TimelineId },
+    #[error(
+        "cannot branch timeline {timeline_id} at {lsn}: its history holds {oldest} to {newest}"
+    )]
+    BranchOutsideHistory {
+        timeline_id: tarn_wal::TimelineId,
+        lsn: Lsn,
+        oldest: Lsn,
+        newest: Lsn,
+    },
+    #[error("{path}: {detail}")]
+    WrongAncestor { path: PathBuf, detail: String },
     #[error("invalid store configuration: {0}")]
     Config(String),
     #[error("materializing {key:?} at {lsn} failed: {source}")]

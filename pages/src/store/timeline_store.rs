@@ -6,20 +6,29 @@
 //! in the metadata file; [`TimelineStore::compact`] merges them and adds images. Reads
 //! see all of it at any LSN.
 //!
+//! Branches: a timeline created by [`TimelineStore::create_branch`] has an [`Ancestor`]
+//! (its parent's store and the branch LSN). Its own layers hold only what was written
+//! on it above the branch LSN; a read that does not find a key's base (an image or an
+//! initialising delta) in them continues in the parent at the branch LSN (recursively),
+//! so creating a branch copies nothing. Keys are never deleted (drops and truncations
+//! are versions of sizes and directories), so a key the branch has no base for is
+//! exactly the parent's at the branch point.
+//!
 //! Crash model: the metadata file is the commit point. After a crash,
 //! [`TimelineStore::open`] loads exactly the layers it lists, removes any other layer or
 //! temporary file (leftovers of an interrupted flush or compaction) and reports the
 //! durable LSN: the caller re-ingests WAL from there (versions above it were only in
 //! memory).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::fs;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tarn_wal::Lsn;
+use tarn_wal::{Lsn, TimelineId};
 
 use super::compaction::{self, CompactionReport};
 use super::delta_layer::{DeltaLayer, LEVEL_FLUSHED};
@@ -87,11 +96,65 @@ impl StoreConfig {
     }
 }
 
+/// The timeline a branch was created from, and where.
+#[derive(Clone)]
+pub struct Ancestor {
+    pub timeline_id: TimelineId,
+    /// The branch point: the branch sees the parent's versions at or below it.
+    pub lsn: Lsn,
+    /// The parent's store, shared with its owner (one executor owns a whole tree).
+    pub store: Rc<RefCell<TimelineStore>>,
+}
+
+impl std::fmt::Debug for Ancestor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Ancestor({} at {})", self.timeline_id, self.lsn)
+    }
+}
+
+impl Ancestor {
+    /// Completes `data` (what a branch's own layers hold for `key` at `lsn`) with the
+    /// parent's versions at the branch point when the branch has no base for it.
+    pub(crate) fn complete(
+        &self,
+        key: Key,
+        lsn: Lsn,
+        data: ReconstructData,
+    ) -> Result<ReconstructData> {
+        if has_base(&data) {
+            return Ok(data);
+        }
+        let parent = self
+            .store
+            .try_borrow()
+            .map_err(|_| StoreError::AncestorBusy {
+                timeline_id: self.timeline_id,
+            })?;
+        let mut below = parent.get(key, lsn.min(self.lsn))?;
+        below.deltas.extend(data.deltas);
+        Ok(below)
+    }
+}
+
+/// Whether `data` starts from an image or an initialising delta, so nothing older
+/// matters.
+fn has_base(data: &ReconstructData) -> bool {
+    data.image.is_some()
+        || data
+            .deltas
+            .first()
+            .is_some_and(|(_, value)| value.will_init())
+}
+
 /// The versioned page store of one timeline. Not `Sync` (read metrics are kept in a
-/// `Cell`); meant to be owned by one executor.
+/// `Cell`, ancestors are shared through `Rc`); meant to be owned by one executor.
 pub struct TimelineStore {
     dir: PathBuf,
     config: StoreConfig,
+    /// Set for a branch: where reads continue below the branch's own history.
+    ancestor: Option<Ancestor>,
+    /// The timeline's own history starts above it.
+    start_lsn: Lsn,
     /// Every version at or below it is in `layers`.
     durable_lsn: Lsn,
     open: InMemoryLayer,
@@ -116,17 +179,97 @@ impl TimelineStore {
         TimelineMetadata {
             durable_lsn: start_lsn,
             layers: Vec::new(),
+            start_lsn: Some(start_lsn),
+            ancestor: None,
         }
         .write(dir)?;
         TimelineStore::open(dir, config)
     }
 
+    /// Creates a branch of `ancestor.store` at `ancestor.lsn` in `dir`: an empty
+    /// timeline whose history starts above the branch point and whose reads fall
+    /// through to the parent below it. Nothing is copied. The branch point must lie
+    /// within the parent's history: above the start of the parent's own history (or
+    /// anywhere its ancestors hold, if it is a branch itself) and at or below the
+    /// parent's last LSN.
+    pub fn create_branch(
+        dir: &Path,
+        ancestor: Ancestor,
+        config: StoreConfig,
+    ) -> Result<TimelineStore> {
+        config.validate()?;
+        {
+            let parent = ancestor
+                .store
+                .try_borrow()
+                .map_err(|_| StoreError::AncestorBusy {
+                    timeline_id: ancestor.timeline_id,
+                })?;
+            let oldest = parent.oldest_lsn();
+            let newest = parent.last_lsn();
+            if ancestor.lsn < oldest || ancestor.lsn > newest {
+                return Err(StoreError::BranchOutsideHistory {
+                    timeline_id: ancestor.timeline_id,
+                    lsn: ancestor.lsn,
+                    oldest,
+                    newest,
+                });
+            }
+        }
+        fs::create_dir_all(dir).map_err(io_error("create directory", dir))?;
+        if dir.join(METADATA_FILE).exists() {
+            return Err(StoreError::TimelineExists {
+                path: dir.to_path_buf(),
+            });
+        }
+        TimelineMetadata {
+            durable_lsn: ancestor.lsn,
+            layers: Vec::new(),
+            start_lsn: Some(ancestor.lsn),
+            ancestor: Some((ancestor.timeline_id, ancestor.lsn)),
+        }
+        .write(dir)?;
+        TimelineStore::open_branch(dir, config, Some(ancestor))
+    }
+
+    /// The parent timeline and branch LSN recorded in `dir`'s metadata, if it is a
+    /// branch: what must be opened first and passed to [`Self::open_branch`].
+    pub fn recorded_ancestor(dir: &Path) -> Result<Option<(TimelineId, Lsn)>> {
+        Ok(TimelineMetadata::read(dir)?.ancestor)
+    }
+
     /// Opens the timeline in `dir`: loads the layers its metadata lists and removes
     /// leftovers of interrupted writes. Ingest resumes above [`Self::durable_lsn`].
+    /// A branch must be opened with [`Self::open_branch`].
     pub fn open(dir: &Path, config: StoreConfig) -> Result<TimelineStore> {
+        TimelineStore::open_branch(dir, config, None)
+    }
+
+    /// [`Self::open`] of a timeline that may be a branch: `ancestor` must be the parent
+    /// its metadata names, at the recorded branch LSN.
+    pub fn open_branch(
+        dir: &Path,
+        config: StoreConfig,
+        ancestor: Option<Ancestor>,
+    ) -> Result<TimelineStore> {
         config.validate()?;
         let metadata = TimelineMetadata::read(dir)?;
         let metadata_path = dir.join(METADATA_FILE);
+        let given = ancestor.as_ref().map(|a| (a.timeline_id, a.lsn));
+        if given != metadata.ancestor {
+            let describe = |ancestor: Option<(TimelineId, Lsn)>| match ancestor {
+                Some((id, lsn)) => format!("a branch of {id} at {lsn}"),
+                None => "not a branch".to_string(),
+            };
+            return Err(StoreError::WrongAncestor {
+                path: dir.to_path_buf(),
+                detail: format!(
+                    "the timeline is {}, it was opened as {}",
+                    describe(metadata.ancestor),
+                    describe(given)
+                ),
+            });
+        }
         let mut layers = LayerMap::default();
         for name in &metadata.layers {
             let file = LayerFile::open(&dir.join(name))?;
@@ -157,9 +300,17 @@ impl TimelineStore {
             inserted.map_err(|detail| corrupt(&metadata_path, 0, detail))?;
         }
         remove_leftovers(dir, &metadata.layers)?;
+        // Format 1 metadata has no start: the lowest layer's start (minus one) is it.
+        let start_lsn = metadata.start_lsn.unwrap_or_else(|| {
+            layers.lowest_lsn().map_or(metadata.durable_lsn, |lowest| {
+                Lsn(lowest.0.saturating_sub(1))
+            })
+        });
         Ok(TimelineStore {
+            start_lsn,
             dir: dir.to_path_buf(),
             config,
+            ancestor,
             durable_lsn: metadata.durable_lsn,
             open: InMemoryLayer::new(next_lsn(metadata.durable_lsn)),
             frozen: Vec::new(),
@@ -175,6 +326,27 @@ impl TimelineStore {
 
     pub fn config(&self) -> &StoreConfig {
         &self.config
+    }
+
+    pub fn ancestor(&self) -> Option<&Ancestor> {
+        self.ancestor.as_ref()
+    }
+
+    /// The oldest LSN a read of this timeline can see history at: the parent's oldest
+    /// for a branch, else the start of its own history.
+    pub fn oldest_lsn(&self) -> Lsn {
+        match &self.ancestor {
+            Some(ancestor) => ancestor
+                .store
+                .try_borrow()
+                .map_or(ancestor.lsn, |parent| parent.oldest_lsn()),
+            None => self.start_lsn,
+        }
+    }
+
+    /// The LSN this timeline's own history starts above (its creation LSN).
+    pub fn history_start(&self) -> Lsn {
+        self.start_lsn
     }
 
     /// Every version at or below this LSN is on disk; WAL above it must be re-ingested
@@ -240,6 +412,8 @@ impl TimelineStore {
             TimelineMetadata {
                 durable_lsn,
                 layers: names,
+                start_lsn: Some(self.start_lsn),
+                ancestor: self.ancestor.as_ref().map(|a| (a.timeline_id, a.lsn)),
             }
             .write(&self.dir)
         });
@@ -303,6 +477,7 @@ impl TimelineStore {
             self.durable_lsn,
             &self.config,
             &mut self.temp_names,
+            self.ancestor.as_ref(),
             materialize,
         )?;
         let Some(outcome) = outcome else {
@@ -339,6 +514,8 @@ impl TimelineStore {
             TimelineMetadata {
                 durable_lsn: self.durable_lsn,
                 layers: after.layer_names(),
+                start_lsn: Some(self.start_lsn),
+                ancestor: self.ancestor.as_ref().map(|a| (a.timeline_id, a.lsn)),
             }
             .write(&self.dir)
         });
@@ -367,16 +544,36 @@ impl TimelineStore {
     /// [`Self::get`] and what it cost.
     pub fn get_with_stats(&self, key: Key, lsn: Lsn) -> Result<(ReconstructData, ReadStats)> {
         let memory = self.memory_layers();
-        let (data, stats) = read_path::get(&memory, &self.layers, key, lsn)?;
+        let (mut data, stats) = read_path::get(&memory, &self.layers, key, lsn)?;
+        if let Some(ancestor) = &self.ancestor {
+            data = ancestor.complete(key, lsn, data)?;
+        }
         let mut metrics = self.metrics.get();
         metrics.record(&stats);
         self.metrics.set(metrics);
         Ok((data, stats))
     }
 
-    /// Keys in `range` with a version at or below `lsn`, ascending.
+    /// Keys in `range` with a version at or below `lsn`, ascending (a branch's own
+    /// and its ancestors' at the branch point).
     pub fn keys_at(&self, range: &Range<Key>, lsn: Lsn) -> Vec<Key> {
-        read_path::keys_at(&self.memory_layers(), &self.layers, range, lsn)
+        let own = read_path::keys_at(&self.memory_layers(), &self.layers, range, lsn);
+        let Some(ancestor) = &self.ancestor else {
+            return own;
+        };
+        // A parent in use by its owner cannot be mid-mutation here (one executor owns
+        // the tree), so a failed borrow is a bug, not a state to serve around.
+        let parent = ancestor.store.try_borrow().unwrap_or_else(|_| {
+            panic!(
+                "ancestor {} borrowed mutably during a read",
+                ancestor.timeline_id
+            )
+        });
+        let mut keys = parent.keys_at(range, lsn.min(ancestor.lsn));
+        keys.extend(own);
+        keys.sort_unstable();
+        keys.dedup();
+        keys
     }
 
     /// [`Self::get`] of every key in `range` with a version at or below `lsn`
@@ -392,9 +589,31 @@ impl TimelineStore {
             .collect()
     }
 
-    /// The newest LSN at which `key` was written, if ever.
+    /// The newest LSN at which `key` was written, if ever (on a branch: on it, or on
+    /// its ancestors at or below the branch point).
     pub fn latest_lsn_of(&self, key: Key) -> Option<Lsn> {
-        read_path::latest_lsn_of(&self.memory_layers(), &self.layers, key)
+        let own = read_path::latest_lsn_of(&self.memory_layers(), &self.layers, key);
+        if own.is_some() {
+            return own;
+        }
+        let ancestor = self.ancestor.as_ref()?;
+        let parent = ancestor.store.try_borrow().ok()?;
+        parent.latest_lsn_at_or_below(key, ancestor.lsn)
+    }
+
+    /// The newest LSN at or below `lsn` at which `key` was written.
+    fn latest_lsn_at_or_below(&self, key: Key, lsn: Lsn) -> Option<Lsn> {
+        match self.latest_lsn_of(key) {
+            Some(latest) if latest <= lsn => Some(latest),
+            Some(_) => {
+                let data = self.get(key, lsn).ok()?;
+                data.deltas
+                    .last()
+                    .map(|(lsn, _)| *lsn)
+                    .or(data.image.map(|(lsn, _)| lsn))
+            }
+            None => None,
+        }
     }
 
     /// Totals and maxima of the reads so far.

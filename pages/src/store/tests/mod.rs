@@ -7,6 +7,7 @@
 //! - `read_amplification`: the bounds compaction promises;
 //! - `latency`: a measurement (ignored; run with `--ignored --nocapture` in release).
 
+mod branch;
 mod corruption;
 mod crash;
 mod latency;
