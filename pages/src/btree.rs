@@ -240,8 +240,8 @@ impl<'a> IndexTuple<'a> {
     }
 
     /// The heap TIDs of a posting list tuple (BTreeTupleGetPosting), checked to lie
-    /// inside the tuple.
-    pub fn posting(&self) -> Result<Vec<ItemPointer>, BtreeError> {
+    /// inside the tuple, read in place.
+    pub fn posting(&self) -> Result<PostingList<'a>, BtreeError> {
         if !self.is_posting() {
             return Err(BtreeError::NotPosting);
         }
@@ -254,9 +254,9 @@ impl<'a> IndexTuple<'a> {
                 size: self.size(),
             });
         }
-        (0..count)
-            .map(|n| item_pointer_at(self.bytes, offset + n * SIZE_OF_ITEM_POINTER))
-            .collect()
+        Ok(PostingList {
+            bytes: &self.bytes[offset..end],
+        })
     }
 
     /// The key part of a non-pivot tuple: everything before the posting list, or the
@@ -275,6 +275,43 @@ impl<'a> IndexTuple<'a> {
         } else {
             Ok(self.size())
         }
+    }
+}
+
+/// The heap TIDs of a posting list tuple, as they lie in it (BTreeTupleGetPosting).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PostingList<'a> {
+    /// A whole number of ItemPointerData.
+    bytes: &'a [u8],
+}
+
+impl<'a> PostingList<'a> {
+    pub fn len(&self) -> usize {
+        self.bytes.len() / SIZE_OF_ITEM_POINTER
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// BTreeTupleGetPostingN.
+    pub fn get(&self, n: usize) -> Option<ItemPointer> {
+        item_pointer_at(self.bytes, n * SIZE_OF_ITEM_POINTER).ok()
+    }
+
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = ItemPointer> + Clone + 'a {
+        self.bytes.chunks_exact(SIZE_OF_ITEM_POINTER).map(|raw| {
+            let raw: &[u8; SIZE_OF_ITEM_POINTER] = match raw.try_into() {
+                Ok(raw) => raw,
+                Err(_) => unreachable!("chunks_exact yields whole item pointers"),
+            };
+            ItemPointer::read(raw)
+        })
+    }
+
+    /// The TIDs as stored, 6 bytes each.
+    pub fn as_bytes(&self) -> &'a [u8] {
+        self.bytes
     }
 }
 

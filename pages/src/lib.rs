@@ -36,4 +36,7 @@ pub mod store;
 pub mod vm;
 
 pub use page::{BLCKSZ, ItemId, Page, PageError};
-pub use redo::{PageTag, RedoError, RedoSettings, apply_record, apply_record_with};
+pub use redo::{
+    PageTag, RedoError, RedoScratch, RedoSettings, apply_record, apply_record_ref,
+    apply_record_with,
+};

@@ -270,15 +270,45 @@ impl Default for Page {
     }
 }
 
-/// Per-item data gathered before compaction (itemIdCompactData).
-#[derive(Clone, Copy, Debug)]
+/// Per-item data gathered before compaction (itemIdCompactData). Kept in arrays on
+/// the stack as Postgres does (MaxHeapTuplesPerPage or MaxIndexTuplesPerPage of
+/// them), hence u16 fields: every value is below BLCKSZ.
+#[derive(Clone, Copy, Debug, Default)]
 struct CompactItem {
     /// Index into the line pointer array (offset number - 1).
-    offset_index: usize,
+    offset_index: u16,
     /// Page offset of the item's data.
-    item_off: usize,
+    item_off: u16,
     /// MAXALIGN(lp_len).
-    aligned_len: usize,
+    aligned_len: u16,
+}
+
+impl CompactItem {
+    fn new(offset_index: usize, item_off: usize, aligned_len: usize) -> CompactItem {
+        // Callers check that the item lies inside the page, so all three fit.
+        CompactItem {
+            offset_index: offset_index as u16,
+            item_off: item_off as u16,
+            aligned_len: aligned_len as u16,
+        }
+    }
+
+    fn offset_index(self) -> usize {
+        usize::from(self.offset_index)
+    }
+
+    fn item_off(self) -> usize {
+        usize::from(self.item_off)
+    }
+
+    fn aligned_len(self) -> usize {
+        usize::from(self.aligned_len)
+    }
+
+    /// Where the item's data ends.
+    fn end(self) -> usize {
+        self.item_off() + self.aligned_len()
+    }
 }
 
 impl Page {
@@ -292,10 +322,13 @@ impl Page {
 
     /// A page from exactly [`BLCKSZ`] bytes; `None` for any other length.
     pub fn from_bytes(bytes: &[u8]) -> Option<Page> {
-        let array: [u8; BLCKSZ] = bytes.try_into().ok()?;
-        Some(Page {
-            bytes: Box::new(array),
-        })
+        if bytes.len() != BLCKSZ {
+            return None;
+        }
+        // Straight into the heap: one allocation, one copy (no 8 KiB array on the
+        // stack to move into a box).
+        let bytes: Box<[u8; BLCKSZ]> = bytes.to_vec().into_boxed_slice().try_into().ok()?;
+        Some(Page { bytes })
     }
 
     pub fn as_bytes(&self) -> &[u8; BLCKSZ] {
@@ -635,20 +668,21 @@ impl Page {
         Ok(self.special_space()?.len())
     }
 
-    /// Mirrors PageGetTempPageCopySpecial (bufpage.c): an empty page (PageInit, so
-    /// all zeros but the header) with this page's special space copied over. Putting
-    /// it back is PageRestoreTempPage, a plain copy of the whole page.
-    pub fn temp_copy_special(&self) -> Result<Page, PageError> {
+    /// Mirrors PageGetTempPageCopySpecial (bufpage.c): `temp` (whatever it held)
+    /// becomes an empty page (PageInit, so all zeros but the header) with this page's
+    /// special space copied over. Putting it back is PageRestoreTempPage, a plain copy
+    /// of the whole page (or a swap). The caller keeps `temp` for the next time
+    /// instead of allocating a page each time.
+    pub fn temp_copy_special_into(&self, temp: &mut Page) -> Result<(), PageError> {
         let special_size = self.special_size()?;
         if max_align(special_size) + SIZE_OF_PAGE_HEADER >= BLCKSZ {
             return Err(self.corrupt_pointers());
         }
-        let mut temp = Page::zeroed();
         temp.init(special_size);
         let at = usize::from(temp.special());
         let from = usize::from(self.special());
         temp.bytes[at..at + special_size].copy_from_slice(&self.bytes[from..]);
-        Ok(temp)
+        Ok(())
     }
 
     /// Mirrors PageAddItemExtended (bufpage.c). Returns the offset number the item
@@ -760,27 +794,27 @@ impl Page {
             i = 0;
             loop {
                 current = items[i];
-                if upper != current.item_off + current.aligned_len {
+                if upper != current.end() {
                     break;
                 }
-                upper -= current.aligned_len;
+                upper -= current.aligned_len();
                 i += 1;
                 if i >= items.len() {
                     break;
                 }
             }
-            let mut copy_tail = current.item_off + current.aligned_len;
+            let mut copy_tail = current.end();
             let mut copy_head = copy_tail;
             while i < items.len() {
                 current = items[i];
-                if copy_head != current.item_off + current.aligned_len {
+                if copy_head != current.end() {
                     // A gap: move everything gathered so far in one go.
                     self.bytes.copy_within(copy_head..copy_tail, upper);
-                    copy_tail = current.item_off + current.aligned_len;
+                    copy_tail = current.end();
                 }
-                upper -= current.aligned_len;
-                copy_head = current.item_off;
-                self.set_lp_off(current.offset_index, upper);
+                upper -= current.aligned_len();
+                copy_head = current.item_off();
+                self.set_lp_off(current.offset_index(), upper);
                 i += 1;
             }
             self.bytes.copy_within(copy_head..copy_tail, upper);
@@ -789,7 +823,7 @@ impl Page {
             if items.len() < usize::from(self.max_offset_number()) / 4 {
                 // Most tuples were removed: copy the survivors one by one.
                 for item in items {
-                    let range = item.item_off..item.item_off + item.aligned_len;
+                    let range = item.item_off()..item.end();
                     scratch[range.clone()].copy_from_slice(&self.bytes[range]);
                 }
                 i = 0;
@@ -800,10 +834,10 @@ impl Page {
                 i = 0;
                 loop {
                     current = items[i];
-                    if upper != current.item_off + current.aligned_len {
+                    if upper != current.end() {
                         break;
                     }
-                    upper -= current.aligned_len;
+                    upper -= current.aligned_len();
                     i += 1;
                     if i >= items.len() {
                         break;
@@ -815,18 +849,18 @@ impl Page {
                     scratch[old_upper..upper].copy_from_slice(&self.bytes[old_upper..upper]);
                 }
             }
-            let mut copy_tail = current.item_off + current.aligned_len;
+            let mut copy_tail = current.end();
             let mut copy_head = copy_tail;
             while i < items.len() {
                 current = items[i];
-                if copy_head != current.item_off + current.aligned_len {
+                if copy_head != current.end() {
                     let len = copy_tail - copy_head;
                     self.bytes[upper..upper + len].copy_from_slice(&scratch[copy_head..copy_tail]);
-                    copy_tail = current.item_off + current.aligned_len;
+                    copy_tail = current.end();
                 }
-                upper -= current.aligned_len;
-                copy_head = current.item_off;
-                self.set_lp_off(current.offset_index, upper);
+                upper -= current.aligned_len();
+                copy_head = current.item_off();
+                self.set_lp_off(current.offset_index(), upper);
                 i += 1;
             }
             let len = copy_tail - copy_head;
@@ -858,7 +892,8 @@ impl Page {
                 count: usize::from(nline),
             });
         }
-        let mut items: Vec<CompactItem> = Vec::with_capacity(usize::from(nline));
+        let mut items = [CompactItem::default(); MAX_HEAP_TUPLES_PER_PAGE];
+        let mut nitems = 0usize;
         let mut nunused = 0usize;
         let mut totallen = 0usize;
         let mut last_offset = pd_special;
@@ -889,11 +924,10 @@ impl Page {
                         });
                     }
                     totallen += aligned_len;
-                    items.push(CompactItem {
-                        offset_index: usize::from(offnum) - 1,
-                        item_off,
-                        aligned_len,
-                    });
+                    // nline <= MaxHeapTuplesPerPage: there is a slot.
+                    items[nitems] =
+                        CompactItem::new(usize::from(offnum) - 1, item_off, aligned_len);
+                    nitems += 1;
                 }
                 final_used = offnum;
             } else {
@@ -902,7 +936,7 @@ impl Page {
             }
         }
 
-        if items.is_empty() {
+        if nitems == 0 {
             self.set_upper(pd_special as u16);
         } else {
             if totallen > pd_special - pd_lower {
@@ -911,7 +945,7 @@ impl Page {
                     available: pd_special - pd_lower,
                 });
             }
-            self.compactify_tuples(&items, presorted);
+            self.compactify_tuples(&items[..nitems], presorted);
         }
 
         if final_used != nline {
@@ -1076,8 +1110,16 @@ impl Page {
         let pd_special = usize::from(self.special());
 
         let nline = self.max_offset_number();
-        let mut items: Vec<CompactItem> = Vec::with_capacity(usize::from(nline));
-        let mut new_item_ids: Vec<ItemId> = Vec::with_capacity(usize::from(nline));
+        if usize::from(nline) > MAX_INDEX_TUPLES_PER_PAGE {
+            // Postgres's itemidbase and newitemids arrays hold MaxIndexTuplesPerPage
+            // entries; an index page cannot have more line pointers.
+            return Err(PageError::TooManyItems {
+                count: usize::from(nline),
+            });
+        }
+        let mut items = [CompactItem::default(); MAX_INDEX_TUPLES_PER_PAGE];
+        let mut new_item_ids = [ItemId::UNUSED; MAX_INDEX_TUPLES_PER_PAGE];
+        let mut nkept = 0usize;
         let mut totallen = 0usize;
         let mut nextitm = 0usize;
         let mut last_offset = pd_special;
@@ -1099,12 +1141,9 @@ impl Page {
                 }
                 let aligned_len = max_align(size);
                 totallen += aligned_len;
-                items.push(CompactItem {
-                    offset_index: new_item_ids.len(),
-                    item_off: offset,
-                    aligned_len,
-                });
-                new_item_ids.push(item_id);
+                items[nkept] = CompactItem::new(nkept, offset, aligned_len);
+                new_item_ids[nkept] = item_id;
+                nkept += 1;
             }
         }
         if nextitm != itemnos.len() {
@@ -1116,14 +1155,14 @@ impl Page {
                 available: pd_special - pd_lower,
             });
         }
-        for (index, item_id) in new_item_ids.iter().enumerate() {
+        for (index, item_id) in new_item_ids[..nkept].iter().enumerate() {
             self.set_u32_at(SIZE_OF_PAGE_HEADER + index * ITEM_ID_SIZE, item_id.0);
         }
-        self.set_lower((SIZE_OF_PAGE_HEADER + new_item_ids.len() * ITEM_ID_SIZE) as u16);
-        if items.is_empty() {
+        self.set_lower((SIZE_OF_PAGE_HEADER + nkept * ITEM_ID_SIZE) as u16);
+        if nkept == 0 {
             self.set_upper(pd_special as u16);
         } else {
-            self.compactify_tuples(&items, presorted);
+            self.compactify_tuples(&items[..nkept], presorted);
         }
         Ok(())
     }

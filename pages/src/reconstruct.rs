@@ -10,6 +10,12 @@
 //! [`ReconstructError::BeyondEof`] (the caller decides between a zero page and an
 //! error, as Postgres's callers do). Sizes come from [`get_rel_size`].
 //!
+//! Replay is a tight loop over the stored deltas that allocates nothing per record:
+//! each delta is read in place ([`delta_records`]), each WAL record in it decoded in
+//! place ([`decode_record_ref`]) and redone with working memory reused from record to
+//! record ([`RedoScratch`]; [`PageReader`] and the [`materializer`] keep theirs across
+//! reads). The page returned is the one allocation of a read.
+//!
 //! [`PageReader`] counts the deltas each read replays ([`ReconstructMetrics`], a
 //! histogram by powers of two) and notes pages whose chain exceeded the pushdown
 //! threshold, for the ingester to write an image of
@@ -23,14 +29,14 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use tarn_wal::Lsn;
-use tarn_wal::decode::{DecodeError, ForkNumber, RelFileNode, decode_record_at};
+use tarn_wal::decode::{DecodeError, DecodedRecordRef, ForkNumber, RelFileNode, decode_record_ref};
 
 use crate::ingest::slru::{clog_set_status, set_multixact_member, set_multixact_offset};
 use crate::ingest::{
-    DeltaError, DeltaRecord, MAX_PENDING_IMAGE_REQUESTS, SizeValue, ValueError, decode_delta,
+    DeltaError, DeltaRecordRef, MAX_PENDING_IMAGE_REQUESTS, SizeValue, ValueError, delta_records,
 };
 use crate::page::Page;
-use crate::redo::{RedoError, apply_record_with};
+use crate::redo::{RedoError, RedoScratch, apply_record_ref};
 use crate::store::{
     Key, KeyClass, MaterializeError, ReconstructData, SlruKind, StoreError, TimelineStore, Value,
 };
@@ -193,8 +199,19 @@ pub fn page_at_lsn_unchecked(
     replay(key, &data)
 }
 
-/// Replays `data` (a key's versions, as [`TimelineStore::get`] returns them).
+/// Replays `data` (a key's versions, as [`TimelineStore::get`] returns them). See
+/// [`replay_with`] to reuse working memory across calls.
 pub fn replay(key: Key, data: &ReconstructData) -> Result<(Page, ReplayStats), ReconstructError> {
+    replay_with(key, data, &mut RedoScratch::new())
+}
+
+/// [`replay`] with working memory the caller keeps: once `scratch` has served every
+/// kind of record, the page returned is the only allocation, however many deltas.
+pub fn replay_with(
+    key: Key,
+    data: &ReconstructData,
+    scratch: &mut RedoScratch,
+) -> Result<(Page, ReplayStats), ReconstructError> {
     let mut page = match &data.image {
         Some((lsn, image)) => Page::from_bytes(image).ok_or(ReconstructError::BadImage {
             key,
@@ -206,101 +223,135 @@ pub fn replay(key: Key, data: &ReconstructData) -> Result<(Page, ReplayStats), R
         None => Page::zeroed(),
     };
     let mut stats = ReplayStats::default();
+    // Every WAL record is decoded into this one (its block array set up once, when
+    // the first WAL record comes).
+    let mut decoded = None;
     for (lsn, value) in &data.deltas {
         let Value::Delta { record, .. } = value else {
             unreachable!("ReconstructData holds only deltas above its image");
         };
-        let records = decode_delta(record).map_err(|source| ReconstructError::Delta {
-            key,
-            lsn: *lsn,
-            source,
-        })?;
-        for one in &records {
-            apply_delta_record(key, &mut page, one)?;
-        }
+        stats.records += apply_delta_in(key, *lsn, record, &mut page, scratch, &mut decoded)?;
         stats.deltas += 1;
-        stats.records += records.len() as u32;
     }
     Ok((page, stats))
+}
+
+/// Applies the encoded delta of `key` stored at `lsn` (every record in it, in order)
+/// to the page. Returns how many records it held.
+pub fn apply_delta(
+    key: Key,
+    lsn: Lsn,
+    delta: &[u8],
+    page: &mut Page,
+    scratch: &mut RedoScratch,
+) -> Result<u32, ReconstructError> {
+    apply_delta_in(key, lsn, delta, page, scratch, &mut None)
+}
+
+/// [`apply_delta`], its WAL records decoded into `decoded` (set up by the first).
+fn apply_delta_in<'d>(
+    key: Key,
+    lsn: Lsn,
+    delta: &'d [u8],
+    page: &mut Page,
+    scratch: &mut RedoScratch,
+    decoded: &mut Option<DecodedRecordRef<'d>>,
+) -> Result<u32, ReconstructError> {
+    let corrupt = |source| ReconstructError::Delta { key, lsn, source };
+    let mut count = 0;
+    for record in delta_records(delta).map_err(corrupt)? {
+        apply_delta_record_in(key, page, record.map_err(corrupt)?, scratch, decoded)?;
+        count += 1;
+    }
+    Ok(count)
 }
 
 /// Applies one change to `key`'s page.
 pub fn apply_delta_record(
     key: Key,
     page: &mut Page,
-    record: &DeltaRecord,
+    record: DeltaRecordRef<'_>,
+    scratch: &mut RedoScratch,
+) -> Result<(), ReconstructError> {
+    apply_delta_record_in(key, page, record, scratch, &mut None)
+}
+
+/// [`apply_delta_record`], a WAL record decoded into `decoded` (set up if `None`).
+fn apply_delta_record_in<'d>(
+    key: Key,
+    page: &mut Page,
+    record: DeltaRecordRef<'d>,
+    scratch: &mut RedoScratch,
+    decoded: &mut Option<DecodedRecordRef<'d>>,
 ) -> Result<(), ReconstructError> {
     match record {
-        DeltaRecord::Wal {
+        DeltaRecordRef::Wal {
             block_id,
             settings,
             lsn,
             end_lsn,
             record,
         } => {
-            let decoded = decode_record_at(*lsn, *end_lsn, record.clone())
+            let decoded = decoded.get_or_insert_with(DecodedRecordRef::default);
+            decode_record_ref(lsn, end_lsn, record, decoded)
                 .map_err(|source| ReconstructError::Decode { key, source })?;
             // The record must reference this very page: a mix-up here would be a
             // silently wrong page.
-            let block = decoded.block(*block_id);
+            let block = decoded.block(block_id);
             let matches = block
                 .is_some_and(|block| key == Key::rel_block(block.rel, block.fork, block.block));
             if !matches {
                 return Err(ReconstructError::WrongBlock {
                     key,
-                    block_id: *block_id,
+                    block_id,
                     found: block.map_or_else(
                         || "missing".to_string(),
                         |block| format!("{:?}", Key::rel_block(block.rel, block.fork, block.block)),
                     ),
                 });
             }
-            apply_record_with(&decoded, *block_id, page, settings).map_err(|source| {
+            apply_record_ref(decoded, block_id, page, &settings, scratch).map_err(|source| {
                 ReconstructError::Redo {
                     key,
                     source: Box::new(source),
                 }
             })
         }
-        DeltaRecord::Image(image) => {
-            *page = Page::from_bytes(image).ok_or(ReconstructError::BadImage {
-                key,
-                lsn: Lsn::INVALID,
-                len: image.len(),
-            })?;
+        DeltaRecordRef::Image(image) => {
+            page.as_bytes_mut().copy_from_slice(image);
             Ok(())
         }
-        DeltaRecord::ZeroPage => {
-            *page = Page::zeroed();
+        DeltaRecordRef::ZeroPage => {
+            page.as_bytes_mut().fill(0);
             Ok(())
         }
-        DeltaRecord::InitPage => {
+        DeltaRecordRef::InitPage => {
             page.init(0);
             Ok(())
         }
-        DeltaRecord::ClearVmBits { heap_block, flags } => {
-            clear_vm_bits(page, *heap_block, *flags);
+        DeltaRecordRef::ClearVmBits { heap_block, flags } => {
+            clear_vm_bits(page, heap_block, flags);
             Ok(())
         }
-        DeltaRecord::TruncateVmPage { new_heap_nblocks } => {
-            truncate_vm_page(page, *new_heap_nblocks);
+        DeltaRecordRef::TruncateVmPage { new_heap_nblocks } => {
+            truncate_vm_page(page, new_heap_nblocks);
             Ok(())
         }
-        DeltaRecord::ClogSetStatus { status, xids } => {
-            for xid in xids {
-                clog_set_status(page, *xid, *status);
+        DeltaRecordRef::ClogSetStatus { status, xids } => {
+            for xid in xids.iter() {
+                clog_set_status(page, xid, status);
             }
             Ok(())
         }
-        DeltaRecord::MultiXactOffsets { entries } => {
-            for (entry, offset) in entries {
-                set_multixact_offset(page, *entry, *offset);
+        DeltaRecordRef::MultiXactOffsets { entries } => {
+            for (entry, offset) in entries.iter() {
+                set_multixact_offset(page, entry, offset);
             }
             Ok(())
         }
-        DeltaRecord::MultiXactMembers { members } => {
-            for member in members {
-                set_multixact_member(page, member);
+        DeltaRecordRef::MultiXactMembers { members } => {
+            for member in members.iter() {
+                set_multixact_member(page, &member);
             }
             Ok(())
         }
@@ -311,7 +362,8 @@ pub fn apply_delta_record(
 /// versions. Keys that are not pages are always stored as images and come back as
 /// they are.
 pub fn materializer() -> impl FnMut(Key, Lsn, ReconstructData) -> Result<Bytes, MaterializeError> {
-    |key, _lsn, data| {
+    let mut scratch = RedoScratch::new();
+    move |key, _lsn, data| {
         if data.deltas.is_empty() {
             return data
                 .image
@@ -321,7 +373,7 @@ pub fn materializer() -> impl FnMut(Key, Lsn, ReconstructData) -> Result<Bytes, 
         if !key.is_page() {
             return Err(format!("{key:?} is not a page but has deltas").into());
         }
-        let (page, _) = replay(key, &data)?;
+        let (page, _) = replay_with(key, &data, &mut scratch)?;
         Ok(Bytes::copy_from_slice(page.as_bytes()))
     }
 }
@@ -412,6 +464,8 @@ pub struct PageReader {
     image_threshold_deltas: u32,
     metrics: Cell<ReconstructMetrics>,
     image_requests: RefCell<BTreeSet<Key>>,
+    /// Redo's working memory, reused by every read.
+    scratch: RefCell<RedoScratch>,
 }
 
 impl PageReader {
@@ -421,6 +475,7 @@ impl PageReader {
             image_threshold_deltas,
             metrics: Cell::new(ReconstructMetrics::default()),
             image_requests: RefCell::new(BTreeSet::new()),
+            scratch: RefCell::new(RedoScratch::new()),
         }
     }
 
@@ -435,7 +490,11 @@ impl PageReader {
         let start = Instant::now();
         let data = store.get(key, lsn)?;
         let fetched = Instant::now();
-        let (page, stats) = replay(key, &data)?;
+        let (page, stats) = match self.scratch.try_borrow_mut() {
+            Ok(mut scratch) => replay_with(key, &data, &mut scratch)?,
+            // Not reachable (reads do not nest); fresh memory rather than a panic.
+            Err(_) => replay(key, &data)?,
+        };
         let store_nanos = fetched.duration_since(start).as_nanos() as u64;
         let replay_nanos = fetched.elapsed().as_nanos() as u64;
         let mut metrics = self.metrics.get();

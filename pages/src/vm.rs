@@ -9,7 +9,7 @@
 //! whatever the heap page's LSN, and does not bump the VM page's LSN for them.
 
 use tarn_wal::Lsn;
-use tarn_wal::decode::{DecodedRecord, ForkNumber, RelFileNode};
+use tarn_wal::decode::{DecodedRecord, ForkNumber, RecordBytes, RelFileNode};
 
 use crate::page::{BLCKSZ, Page, SIZE_OF_PAGE_HEADER, max_align};
 use crate::redo::heap::{
@@ -150,7 +150,9 @@ impl VmClear {
 /// Mirrors the `visibilitymap_clear` calls of heap_xlog_insert, heap_xlog_delete,
 /// heap_xlog_update, heap_xlog_lock, heap_xlog_multi_insert and
 /// heap_xlog_lock_updated (heapam.c).
-pub fn implicit_vm_clears(record: &DecodedRecord) -> Result<Vec<VmClear>, RedoError> {
+pub fn implicit_vm_clears<D: RecordBytes>(
+    record: &DecodedRecord<D>,
+) -> Result<Vec<VmClear>, RedoError> {
     let block0 = || {
         record.block(0).ok_or_else(|| RedoError::NoSuchBlock {
             record: record.type_name(),

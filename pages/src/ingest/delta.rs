@@ -12,6 +12,14 @@
 //! Encoding (little-endian): format byte [`DELTA_FORMAT`], u16 count, then per record
 //! a tag byte and its fields (see [`encode_delta`]). Decoding checks every length and
 //! the count, and that nothing is left over.
+//!
+//! [`DeltaRecord`] is the owned form, for building a delta; replay reads the stored
+//! bytes in place with [`delta_records`], an iterator of [`DeltaRecordRef`]s whose
+//! payloads (WAL record, page image, xid and member lists) are slices of the delta:
+//! reading allocates nothing. [`decode_delta`] is the same reader, collected.
+
+use std::fmt;
+use std::marker::PhantomData;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tarn_wal::Lsn;
@@ -200,13 +208,178 @@ pub fn encode_delta(records: &[DeltaRecord]) -> Bytes {
     out.freeze()
 }
 
+/// One change to a page, read in place from an encoded delta: [`DeltaRecord`]
+/// borrowing the delta's bytes (see [`delta_records`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeltaRecordRef<'a> {
+    /// See [`DeltaRecord::Wal`].
+    Wal {
+        block_id: u8,
+        settings: RedoSettings,
+        lsn: Lsn,
+        end_lsn: Lsn,
+        record: &'a [u8],
+    },
+    /// See [`DeltaRecord::Image`].
+    Image(&'a [u8; BLCKSZ]),
+    ZeroPage,
+    InitPage,
+    ClearVmBits {
+        heap_block: u32,
+        flags: u8,
+    },
+    TruncateVmPage {
+        new_heap_nblocks: u32,
+    },
+    ClogSetStatus {
+        status: u8,
+        xids: Entries<'a, u32>,
+    },
+    MultiXactOffsets {
+        entries: Entries<'a, (u16, u32)>,
+    },
+    MultiXactMembers {
+        members: Entries<'a, MemberWrite>,
+    },
+}
+
+/// A fixed-size entry of a list in an encoded delta.
+pub trait ListEntry: Sized {
+    /// Encoded length in bytes.
+    const LEN: usize;
+    /// Reads one entry from exactly [`ListEntry::LEN`] bytes.
+    fn read(bytes: &[u8]) -> Self;
+}
+
+fn le_u16(bytes: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([bytes[at], bytes[at + 1]])
+}
+
+fn le_u32(bytes: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+}
+
+impl ListEntry for u32 {
+    const LEN: usize = 4;
+    fn read(bytes: &[u8]) -> u32 {
+        le_u32(bytes, 0)
+    }
+}
+
+impl ListEntry for (u16, u32) {
+    const LEN: usize = 6;
+    fn read(bytes: &[u8]) -> (u16, u32) {
+        (le_u16(bytes, 0), le_u32(bytes, 2))
+    }
+}
+
+impl ListEntry for MemberWrite {
+    const LEN: usize = 9;
+    fn read(bytes: &[u8]) -> MemberWrite {
+        MemberWrite {
+            offset: le_u32(bytes, 0),
+            xid: le_u32(bytes, 4),
+            status: bytes[8],
+        }
+    }
+}
+
+/// A list of [`ListEntry`]s as the delta holds it, decoded one by one as it is iterated.
+pub struct Entries<'a, T> {
+    /// A whole number of entries.
+    bytes: &'a [u8],
+    entry: PhantomData<T>,
+}
+
+impl<'a, T: ListEntry> Entries<'a, T> {
+    pub fn len(&self) -> usize {
+        self.bytes.len() / T::LEN
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = T> + 'a
+    where
+        T: 'a,
+    {
+        self.bytes.chunks_exact(T::LEN).map(T::read)
+    }
+}
+
+// Not derived: those would require T: Clone / Copy / PartialEq, which the bytes do not
+// need.
+impl<T> Clone for Entries<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for Entries<'_, T> {}
+
+impl<T> PartialEq for Entries<'_, T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes == other.bytes
+    }
+}
+
+impl<T> Eq for Entries<'_, T> {}
+
+impl<T: ListEntry + fmt::Debug> fmt::Debug for Entries<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl DeltaRecordRef<'_> {
+    /// The owned record, its payloads slices of `delta`, the bytes this record was
+    /// read from (slice_ref panics on others).
+    fn to_owned_in(self, delta: &Bytes) -> DeltaRecord {
+        match self {
+            DeltaRecordRef::Wal {
+                block_id,
+                settings,
+                lsn,
+                end_lsn,
+                record,
+            } => DeltaRecord::Wal {
+                block_id,
+                settings,
+                lsn,
+                end_lsn,
+                record: delta.slice_ref(record),
+            },
+            DeltaRecordRef::Image(page) => DeltaRecord::Image(delta.slice_ref(&page[..])),
+            DeltaRecordRef::ZeroPage => DeltaRecord::ZeroPage,
+            DeltaRecordRef::InitPage => DeltaRecord::InitPage,
+            DeltaRecordRef::ClearVmBits { heap_block, flags } => {
+                DeltaRecord::ClearVmBits { heap_block, flags }
+            }
+            DeltaRecordRef::TruncateVmPage { new_heap_nblocks } => {
+                DeltaRecord::TruncateVmPage { new_heap_nblocks }
+            }
+            DeltaRecordRef::ClogSetStatus { status, xids } => DeltaRecord::ClogSetStatus {
+                status,
+                xids: xids.iter().collect(),
+            },
+            DeltaRecordRef::MultiXactOffsets { entries } => DeltaRecord::MultiXactOffsets {
+                entries: entries.iter().collect(),
+            },
+            DeltaRecordRef::MultiXactMembers { members } => DeltaRecord::MultiXactMembers {
+                members: members.iter().collect(),
+            },
+        }
+    }
+}
+
 /// Reads little-endian fields of an encoded delta, never past its end.
 struct Reader<'a> {
-    bytes: &'a Bytes,
+    bytes: &'a [u8],
     pos: usize,
 }
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
     fn fail(&self, detail: impl Into<String>) -> DeltaError {
         DeltaError {
             len: self.bytes.len(),
@@ -215,51 +388,126 @@ impl Reader<'_> {
         }
     }
 
-    fn take(&mut self, len: usize, what: &str) -> Result<Bytes, DeltaError> {
+    fn take(&mut self, len: usize, what: &str) -> Result<&'a [u8], DeltaError> {
         let end = self
             .pos
             .checked_add(len)
             .filter(|end| *end <= self.bytes.len())
             .ok_or_else(|| self.fail(format!("{what} of {len} bytes runs past the end")))?;
-        let slice = self.bytes.slice(self.pos..end);
+        let slice = &self.bytes[self.pos..end];
         self.pos = end;
         Ok(slice)
     }
 
+    fn array<const N: usize>(&mut self, what: &str) -> Result<&'a [u8; N], DeltaError> {
+        let slice = self.take(N, what)?;
+        slice
+            .try_into()
+            .map_err(|_| self.fail(format!("{what} is not {N} bytes")))
+    }
+
     fn u8(&mut self, what: &str) -> Result<u8, DeltaError> {
-        Ok(self.take(1, what)?[0])
+        Ok(self.array::<1>(what)?[0])
     }
 
     fn u16(&mut self, what: &str) -> Result<u16, DeltaError> {
-        let b = self.take(2, what)?;
-        Ok(u16::from_le_bytes([b[0], b[1]]))
+        Ok(u16::from_le_bytes(*self.array(what)?))
     }
 
     fn u32(&mut self, what: &str) -> Result<u32, DeltaError> {
-        let b = self.take(4, what)?;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        Ok(u32::from_le_bytes(*self.array(what)?))
     }
 
     fn u64(&mut self, what: &str) -> Result<u64, DeltaError> {
-        let b = self.take(8, what)?;
-        let mut word = [0u8; 8];
-        word.copy_from_slice(&b);
-        Ok(u64::from_le_bytes(word))
+        Ok(u64::from_le_bytes(*self.array(what)?))
     }
 
-    /// A count of entries of `entry_len` bytes each that must fit in what is left.
-    fn count(&mut self, entry_len: usize, what: &str) -> Result<usize, DeltaError> {
+    /// A u32 count of entries, then the entries, which must fit in what is left.
+    fn entries<T: ListEntry>(&mut self, what: &str) -> Result<Entries<'a, T>, DeltaError> {
         let count = self.u32(what)? as usize;
-        if count.saturating_mul(entry_len) > self.bytes.len() - self.pos {
+        if count.saturating_mul(T::LEN) > self.bytes.len() - self.pos {
             return Err(self.fail(format!("{count} {what} do not fit in what is left")));
         }
-        Ok(count)
+        Ok(Entries {
+            bytes: self.take(count * T::LEN, what)?,
+            entry: PhantomData,
+        })
+    }
+
+    fn record(&mut self) -> Result<DeltaRecordRef<'a>, DeltaError> {
+        let tag = self.u8("record tag")?;
+        Ok(match tag {
+            TAG_WAL => {
+                let block_id = self.u8("block id")?;
+                let flags = self.u8("settings")?;
+                if flags & !(SETTING_DATA_CHECKSUMS | SETTING_WAL_LOG_HINTS) != 0 {
+                    return Err(self.fail(format!("unknown settings bits {flags:#04x}")));
+                }
+                let lsn = Lsn(self.u64("lsn")?);
+                let end_lsn = Lsn(self.u64("end lsn")?);
+                if end_lsn <= lsn {
+                    return Err(self.fail(format!("record ends at {end_lsn}, before {lsn}")));
+                }
+                let len = self.u32("record length")? as usize;
+                DeltaRecordRef::Wal {
+                    block_id,
+                    settings: RedoSettings {
+                        data_checksums: flags & SETTING_DATA_CHECKSUMS != 0,
+                        wal_log_hints: flags & SETTING_WAL_LOG_HINTS != 0,
+                    },
+                    lsn,
+                    end_lsn,
+                    record: self.take(len, "WAL record")?,
+                }
+            }
+            TAG_IMAGE => DeltaRecordRef::Image(self.array("page image")?),
+            TAG_ZERO_PAGE => DeltaRecordRef::ZeroPage,
+            TAG_INIT_PAGE => DeltaRecordRef::InitPage,
+            TAG_CLEAR_VM_BITS => DeltaRecordRef::ClearVmBits {
+                heap_block: self.u32("heap block")?,
+                flags: self.u8("vm flags")?,
+            },
+            TAG_TRUNCATE_VM_PAGE => DeltaRecordRef::TruncateVmPage {
+                new_heap_nblocks: self.u32("heap blocks")?,
+            },
+            TAG_CLOG_SET_STATUS => {
+                let status = self.u8("status")?;
+                if !matches!(
+                    status,
+                    TRANSACTION_STATUS_COMMITTED | TRANSACTION_STATUS_ABORTED
+                ) {
+                    return Err(self.fail(format!("transaction status {status}")));
+                }
+                DeltaRecordRef::ClogSetStatus {
+                    status,
+                    xids: self.entries("xids")?,
+                }
+            }
+            TAG_MULTIXACT_OFFSETS => DeltaRecordRef::MultiXactOffsets {
+                entries: self.entries("offset entries")?,
+            },
+            TAG_MULTIXACT_MEMBERS => DeltaRecordRef::MultiXactMembers {
+                members: self.entries("members")?,
+            },
+            other => return Err(self.fail(format!("unknown record tag {other}"))),
+        })
     }
 }
 
-/// Decodes what [`encode_delta`] wrote. The [`DeltaRecord::Wal`] and
-/// [`DeltaRecord::Image`] payloads are slices of `bytes` (no copy).
-pub fn decode_delta(bytes: &Bytes) -> Result<Vec<DeltaRecord>, DeltaError> {
+/// The records of an encoded delta, read in place, in order: the iterator
+/// [`delta_records`] returns. A corrupt record, or bytes left over after the last
+/// one, is an error item, after which the iterator ends.
+pub struct DeltaRecords<'a> {
+    reader: Reader<'a>,
+    /// Records still to read.
+    left: u16,
+    count: u16,
+    failed: bool,
+}
+
+/// Reads what [`encode_delta`] wrote, in place and without allocating: checks the
+/// format byte and the record count here, each record as it is reached.
+pub fn delta_records(bytes: &[u8]) -> Result<DeltaRecords<'_>, DeltaError> {
     let mut reader = Reader { bytes, pos: 0 };
     let format = reader.u8("format byte")?;
     if format != DELTA_FORMAT {
@@ -269,88 +517,45 @@ pub fn decode_delta(bytes: &Bytes) -> Result<Vec<DeltaRecord>, DeltaError> {
     if count == 0 {
         return Err(reader.fail("a delta without records"));
     }
-    let mut records = Vec::with_capacity(usize::from(count));
-    for _ in 0..count {
-        let tag = reader.u8("record tag")?;
-        let record = match tag {
-            TAG_WAL => {
-                let block_id = reader.u8("block id")?;
-                let flags = reader.u8("settings")?;
-                if flags & !(SETTING_DATA_CHECKSUMS | SETTING_WAL_LOG_HINTS) != 0 {
-                    return Err(reader.fail(format!("unknown settings bits {flags:#04x}")));
-                }
-                let lsn = Lsn(reader.u64("lsn")?);
-                let end_lsn = Lsn(reader.u64("end lsn")?);
-                if end_lsn <= lsn {
-                    return Err(reader.fail(format!("record ends at {end_lsn}, before {lsn}")));
-                }
-                let len = reader.u32("record length")? as usize;
-                DeltaRecord::Wal {
-                    block_id,
-                    settings: RedoSettings {
-                        data_checksums: flags & SETTING_DATA_CHECKSUMS != 0,
-                        wal_log_hints: flags & SETTING_WAL_LOG_HINTS != 0,
-                    },
-                    lsn,
-                    end_lsn,
-                    record: reader.take(len, "WAL record")?,
-                }
-            }
-            TAG_IMAGE => DeltaRecord::Image(reader.take(BLCKSZ, "page image")?),
-            TAG_ZERO_PAGE => DeltaRecord::ZeroPage,
-            TAG_INIT_PAGE => DeltaRecord::InitPage,
-            TAG_CLEAR_VM_BITS => DeltaRecord::ClearVmBits {
-                heap_block: reader.u32("heap block")?,
-                flags: reader.u8("vm flags")?,
-            },
-            TAG_TRUNCATE_VM_PAGE => DeltaRecord::TruncateVmPage {
-                new_heap_nblocks: reader.u32("heap blocks")?,
-            },
-            TAG_CLOG_SET_STATUS => {
-                let status = reader.u8("status")?;
-                if !matches!(
-                    status,
-                    TRANSACTION_STATUS_COMMITTED | TRANSACTION_STATUS_ABORTED
-                ) {
-                    return Err(reader.fail(format!("transaction status {status}")));
-                }
-                let count = reader.count(4, "xids")?;
-                let xids = (0..count)
-                    .map(|_| reader.u32("xid"))
-                    .collect::<Result<_, _>>()?;
-                DeltaRecord::ClogSetStatus { status, xids }
-            }
-            TAG_MULTIXACT_OFFSETS => {
-                let count = reader.count(6, "offset entries")?;
-                let entries = (0..count)
-                    .map(|_| Ok((reader.u16("entry")?, reader.u32("offset")?)))
-                    .collect::<Result<_, DeltaError>>()?;
-                DeltaRecord::MultiXactOffsets { entries }
-            }
-            TAG_MULTIXACT_MEMBERS => {
-                let count = reader.count(9, "members")?;
-                let members = (0..count)
-                    .map(|_| {
-                        Ok(MemberWrite {
-                            offset: reader.u32("member offset")?,
-                            xid: reader.u32("member xid")?,
-                            status: reader.u8("member status")?,
-                        })
-                    })
-                    .collect::<Result<_, DeltaError>>()?;
-                DeltaRecord::MultiXactMembers { members }
-            }
-            other => return Err(reader.fail(format!("unknown record tag {other}"))),
+    Ok(DeltaRecords {
+        reader,
+        left: count,
+        count,
+        failed: false,
+    })
+}
+
+impl<'a> Iterator for DeltaRecords<'a> {
+    type Item = Result<DeltaRecordRef<'a>, DeltaError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        let result = if self.left > 0 {
+            self.left -= 1;
+            self.reader.record()
+        } else if self.reader.pos != self.reader.bytes.len() {
+            Err(self.reader.fail(format!(
+                "{} bytes left over after {} records",
+                self.reader.bytes.len() - self.reader.pos,
+                self.count
+            )))
+        } else {
+            return None;
         };
-        records.push(record);
+        self.failed = result.is_err();
+        Some(result)
     }
-    if reader.pos != bytes.len() {
-        return Err(reader.fail(format!(
-            "{} bytes left over after {count} records",
-            bytes.len() - reader.pos
-        )));
-    }
-    Ok(records)
+}
+
+/// Decodes what [`encode_delta`] wrote into owned records (through
+/// [`delta_records`]). The [`DeltaRecord::Wal`] and [`DeltaRecord::Image`] payloads
+/// are slices of `bytes` (no copy).
+pub fn decode_delta(bytes: &Bytes) -> Result<Vec<DeltaRecord>, DeltaError> {
+    delta_records(bytes)?
+        .map(|record| record.map(|record| record.to_owned_in(bytes)))
+        .collect()
 }
 
 #[cfg(test)]
@@ -431,5 +636,44 @@ mod tests {
         let mut huge = vec![DELTA_FORMAT, 1, 0, TAG_CLOG_SET_STATUS, 1];
         huge.extend_from_slice(&u32::MAX.to_le_bytes());
         assert!(decode_delta(&Bytes::from(huge)).is_err());
+    }
+
+    #[test]
+    fn reading_in_place_yields_borrowed_records_then_stops_at_an_error() {
+        let records = samples();
+        let encoded = encode_delta(&records);
+        let read: Vec<DeltaRecordRef<'_>> = delta_records(&encoded)
+            .expect("header")
+            .collect::<Result<_, _>>()
+            .expect("records");
+        assert_eq!(read.len(), records.len());
+        let DeltaRecordRef::ClogSetStatus { status, xids } = read[6] else {
+            panic!("not a CLOG record: {:?}", read[6]);
+        };
+        assert_eq!(status, TRANSACTION_STATUS_ABORTED);
+        assert_eq!(xids.len(), 3);
+        assert_eq!(xids.iter().collect::<Vec<_>>(), [700, 701, 9000]);
+        let DeltaRecordRef::Wal { record, .. } = read[1] else {
+            panic!("not a WAL record: {:?}", read[1]);
+        };
+        // In place: the payload is the delta's own bytes.
+        assert!(encoded.as_ptr_range().contains(&record.as_ptr()));
+
+        // Bytes left over: every record, then one error, then nothing.
+        let mut padded = encoded.to_vec();
+        padded.push(0);
+        let mut iter = delta_records(&padded).expect("header");
+        for _ in 0..records.len() {
+            assert!(matches!(iter.next(), Some(Ok(_))));
+        }
+        assert!(matches!(iter.next(), Some(Err(_))));
+        assert!(iter.next().is_none());
+        // A corrupt record ends the iteration too.
+        let mut corrupt = encode_delta(&[DeltaRecord::ZeroPage, DeltaRecord::InitPage]).to_vec();
+        corrupt[4] = 0xEE;
+        let mut iter = delta_records(&corrupt).expect("header");
+        assert!(matches!(iter.next(), Some(Ok(DeltaRecordRef::ZeroPage))));
+        assert!(matches!(iter.next(), Some(Err(_))));
+        assert!(iter.next().is_none());
     }
 }

@@ -75,14 +75,15 @@ use crate::reconstruct::{self, ReconstructError};
 use crate::redo::heap::XLOG_HEAP_INIT_PAGE;
 use crate::redo::{
     RM_BTREE_ID, RM_HEAP_ID, RM_HEAP2_ID, RM_SEQ_ID, RM_SMGR_ID, RM_STANDBY_ID, RM_XLOG_ID,
-    RedoError, RedoSettings, is_supported,
+    RedoError, RedoScratch, RedoSettings, is_supported,
 };
 use crate::store::{Key, SlruKind, StoreError, TimelineStore, Value};
 use crate::vm::implicit_vm_clears;
 
 pub use delta::{
-    DELTA_FORMAT, DeltaError, DeltaRecord, MemberWrite, TRANSACTION_STATUS_ABORTED,
-    TRANSACTION_STATUS_COMMITTED, decode_delta, encode_delta,
+    DELTA_FORMAT, DeltaError, DeltaRecord, DeltaRecordRef, DeltaRecords, Entries, ListEntry,
+    MemberWrite, TRANSACTION_STATUS_ABORTED, TRANSACTION_STATUS_COMMITTED, decode_delta,
+    delta_records, encode_delta,
 };
 pub use records::ParseError;
 pub use values::{
@@ -865,7 +866,7 @@ impl Ingester {
             Vec::with_capacity(batch.pages.len() + batch.images.len());
         let mut written: HashSet<Key> = HashSet::new();
         for (key, pending) in batch.pages {
-            let value = self.page_value(store, key, pending, before);
+            let value = self.page_value(store, key, pending, before, end_lsn);
             written.insert(key);
             values.push((key, value));
         }
@@ -952,11 +953,13 @@ impl Ingester {
         key: Key,
         pending: PendingPage,
         before: Lsn,
+        end_lsn: Lsn,
     ) -> Value {
         if let [DeltaRecord::Image(image)] = pending.records.as_slice() {
             self.chains.remove(&key);
             return Value::Image(image.clone());
         }
+        let delta = encode_delta(&pending.records);
         let chain = if pending.will_init {
             1
         } else {
@@ -965,7 +968,7 @@ impl Ingester {
         let threshold = self.config.image_threshold_deltas;
         let wanted = self.image_requests.contains(&key);
         if (threshold > 0 && chain > threshold) || wanted {
-            match materialize(store, key, &pending, before) {
+            match materialize(store, key, pending.will_init, &delta, before, end_lsn) {
                 Ok(page) => {
                     self.chains.remove(&key);
                     if wanted {
@@ -984,27 +987,27 @@ impl Ingester {
         self.chains.insert(key, chain);
         Value::Delta {
             will_init: pending.will_init,
-            record: encode_delta(&pending.records),
+            record: delta,
         }
     }
 }
 
-/// The page after `pending`'s changes: its versions up to `before` replayed, then the
-/// changes.
+/// The page after `delta` (the changes at `end_lsn`, encoded as they would be stored):
+/// its versions up to `before` replayed, then the delta, as a later read would.
 fn materialize(
     store: &TimelineStore,
     key: Key,
-    pending: &PendingPage,
+    will_init: bool,
+    delta: &[u8],
     before: Lsn,
+    end_lsn: Lsn,
 ) -> Result<Page, ReconstructError> {
-    let mut page = if pending.will_init {
+    let mut page = if will_init {
         Page::zeroed()
     } else {
         reconstruct::page_at_lsn_unchecked(store, key, before)?.0
     };
-    for record in &pending.records {
-        reconstruct::apply_delta_record(key, &mut page, record)?;
-    }
+    reconstruct::apply_delta(key, end_lsn, delta, &mut page, &mut RedoScratch::new())?;
     Ok(page)
 }
 

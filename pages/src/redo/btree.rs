@@ -9,17 +9,20 @@
 //! ids a record type reads (and when) follows nbtxlog.c: a block Postgres's redo
 //! would not read is reported as malformed rather than silently left alone.
 
-use tarn_wal::decode::{DecodedRecord, RelFileNode};
+use tarn_wal::decode::{DecodedRecord, RecordBytes, RelFileNode};
 
-use super::{BlockRedo, BufferAction, Fields, PageFault, ReadMode, RedoError, malformed};
-use crate::btree::posting::{DedupInterval, DedupState, swap_posting, update_posting};
+use super::{
+    BlockRedo, BufferAction, Fields, OffsetNumbers, PageFault, ReadMode, RedoError, RedoScratch,
+    malformed,
+};
+use crate::btree::posting::{DedupInterval, swap_posting, update_posting};
 use crate::btree::{
     BT_MAX_ITEM_SIZE, BTP_HALF_DEAD, BTP_HAS_GARBAGE, BTP_INCOMPLETE_SPLIT, BTP_LEAF, BTP_META,
     BTP_ROOT, BTREE_MAGIC, BTREE_METAPAGE, BtMetaPageData, BtPageOpaque, BtreeError, IndexTuple,
     P_HIKEY, P_NONE, SIZE_OF_BT_META_PAGE_DATA, bt_page_set_deleted, bt_pageinit, downlink,
     index_tuple_size, set_downlink, top_parent_high_key,
 };
-use crate::page::{AddItemFlags, BLCKSZ, MAX_INDEX_TUPLES_PER_PAGE, Page, max_align};
+use crate::page::{AddItemFlags, BLCKSZ, MAX_INDEX_TUPLES_PER_PAGE, Page, PageError, max_align};
 
 // XLOG_BTREE_* opcodes (nbtxlog.h).
 pub const XLOG_BTREE_INSERT_LEAF: u8 = 0x00;
@@ -128,7 +131,9 @@ pub enum BtreeRecord {
 }
 
 /// Parses a Btree rmgr record's main data.
-pub fn parse_btree_record(record: &DecodedRecord) -> Result<BtreeRecord, RedoError> {
+pub fn parse_btree_record<D: RecordBytes>(
+    record: &DecodedRecord<D>,
+) -> Result<BtreeRecord, RedoError> {
     let info = record.rmgr_info();
     let data = Fields::new(&record.main_data, "main data");
     let parsed = (|| -> Result<BtreeRecord, String> {
@@ -234,11 +239,15 @@ pub(crate) fn is_supported(rmgr_info: u8) -> bool {
     rmgr_info <= XLOG_BTREE_META_CLEANUP
 }
 
-pub(crate) fn redo(redo: &BlockRedo<'_>, page: &mut Page) -> Result<(), RedoError> {
+pub(crate) fn redo(
+    redo: &BlockRedo<'_>,
+    page: &mut Page,
+    scratch: &mut RedoScratch,
+) -> Result<(), RedoError> {
     let block_id = redo.block.block_id;
     match parse_btree_record(redo.record)? {
         BtreeRecord::Insert { kind, offnum } => match block_id {
-            0 => insert(redo, page, kind, offnum),
+            0 => insert(redo, page, kind, offnum, scratch),
             1 if kind != InsertKind::Leaf && kind != InsertKind::Post => {
                 clear_incomplete_split(redo, page)
             }
@@ -246,7 +255,7 @@ pub(crate) fn redo(redo: &BlockRedo<'_>, page: &mut Page) -> Result<(), RedoErro
             _ => Err(not_read(redo)),
         },
         BtreeRecord::Split(split) => match block_id {
-            0 => split_left(redo, page, &split),
+            0 => split_left(redo, page, &split, scratch),
             1 => split_right(redo, page, &split),
             2 => {
                 let right = redo.other_block(1)?.block;
@@ -256,14 +265,14 @@ pub(crate) fn redo(redo: &BlockRedo<'_>, page: &mut Page) -> Result<(), RedoErro
             _ => Err(not_read(redo)),
         },
         BtreeRecord::Dedup { nintervals } => match block_id {
-            0 => dedup(redo, page, nintervals),
+            0 => dedup(redo, page, nintervals, scratch),
             _ => Err(not_read(redo)),
         },
         BtreeRecord::Vacuum { ndeleted, nupdated }
         | BtreeRecord::Delete {
             ndeleted, nupdated, ..
         } => match block_id {
-            0 => delete_items(redo, page, ndeleted, nupdated),
+            0 => delete_items(redo, page, ndeleted, nupdated, scratch.posting()),
             _ => Err(not_read(redo)),
         },
         BtreeRecord::MarkPageHalfdead {
@@ -338,13 +347,11 @@ fn add_item(
     Ok(())
 }
 
-/// `item` padded with zeros to `len` bytes: a tuple Postgres builds in a buffer of
-/// IndexTupleSize bytes but copies MAXALIGN(IndexTupleSize) of (the two are equal for
-/// every tuple nbtree forms).
-fn padded(item: &[u8], len: usize) -> Vec<u8> {
-    let mut out = item.to_vec();
-    out.resize(len.max(item.len()), 0);
-    out
+/// Pads `item` with zeros to MAXALIGN of its length: a tuple Postgres builds in a
+/// buffer of IndexTupleSize bytes but copies MAXALIGN(IndexTupleSize) of (the two are
+/// equal for every tuple nbtree forms).
+fn pad_to_max_align(item: &mut Vec<u8>) {
+    item.resize(max_align(item.len()), 0);
 }
 
 /// PageGetItem for an existing line pointer (1..=PageGetMaxOffsetNumber).
@@ -381,11 +388,12 @@ fn insert(
     page: &mut Page,
     kind: InsertKind,
     offnum: u16,
+    scratch: &mut RedoScratch,
 ) -> Result<(), RedoError> {
     if redo.read_for_redo(page)? != BufferAction::NeedsRedo {
         return Ok(());
     }
-    let data = &redo.block.data[..];
+    let data = redo.block.data;
     if kind != InsertKind::Post {
         // Simple retail insertion.
         add_item(redo, page, data, offnum)?;
@@ -395,8 +403,9 @@ fn insert(
         let postingoff = Fields::new(data, "block data")
             .u16(0)
             .map_err(|detail| redo.malformed(detail))?;
-        let mut newitem = data[2..].to_vec();
-        let size = index_tuple_size(&newitem).map_err(|error| redo.malformed(error.to_string()))?;
+        let (newitem, nposting) = scratch.tuple_and_posting();
+        newitem.extend_from_slice(&data[2..]);
+        let size = index_tuple_size(newitem).map_err(|error| redo.malformed(error.to_string()))?;
         if size != newitem.len() {
             return Err(redo.malformed(format!(
                 "posting split new item of {size} bytes arrives with {} bytes",
@@ -404,15 +413,15 @@ fn insert(
             )));
         }
         let posting_offnum = offnum.saturating_sub(1);
-        let nposting = {
+        {
             let oposting = tuple_at(redo, page, posting_offnum)?;
-            swap_posting(&mut newitem, &oposting, usize::from(postingoff))
-                .map_err(btree_fault(redo))?
-        };
+            swap_posting(newitem, &oposting, usize::from(postingoff), nposting)
+                .map_err(btree_fault(redo))?;
+        }
         // Replace the existing posting list with its post-split version, in place.
-        overwrite_in_place(redo, page, posting_offnum, &nposting)?;
+        overwrite_in_place(redo, page, posting_offnum, nposting)?;
         // Insert the "final" new item, not orignewitem from the record.
-        add_item(redo, page, &newitem, offnum)?;
+        add_item(redo, page, newitem, offnum)?;
     }
     page.set_lsn(redo.end_lsn());
     Ok(())
@@ -437,7 +446,9 @@ fn overwrite_in_place(
             len,
         }));
     }
-    page.as_bytes_mut()[at..at + len].copy_from_slice(&padded(tuple, len));
+    let target = &mut page.as_bytes_mut()[at..at + len];
+    target[..tuple.len()].copy_from_slice(tuple);
+    target[tuple.len()..].fill(0);
     Ok(())
 }
 
@@ -455,7 +466,7 @@ fn clear_incomplete_split(redo: &BlockRedo<'_>, page: &mut Page) -> Result<(), R
 // mirrors _bt_restore_meta (nbtxlog.c): the metapage is rebuilt from the record
 fn restore_meta(redo: &BlockRedo<'_>, page: &mut Page) -> Result<(), RedoError> {
     redo.read_buffer_for_redo(page, ReadMode::ZeroAndLock)?;
-    let data = &redo.block.data[..];
+    let data = redo.block.data;
     if data.len() != SIZE_OF_BTREE_METADATA {
         return Err(redo.malformed(format!(
             "xl_btree_metadata is {} bytes, expected {SIZE_OF_BTREE_METADATA}",
@@ -498,7 +509,9 @@ fn restore_meta(redo: &BlockRedo<'_>, page: &mut Page) -> Result<(), RedoError> 
 // pd_special, tuples in reverse item number order; they are added back in item
 // number order so that each lands where it was.
 fn restore_page(redo: &BlockRedo<'_>, page: &mut Page, data: &[u8]) -> Result<(), RedoError> {
-    let mut items: Vec<&[u8]> = Vec::new();
+    // Where each item starts (items are contiguous: one ends where the next starts).
+    let mut starts = [0u16; MAX_INDEX_TUPLES_PER_PAGE + 1];
+    let mut nitems = 0usize;
     let mut pos = 0usize;
     while pos < data.len() {
         let size =
@@ -510,14 +523,17 @@ fn restore_page(redo: &BlockRedo<'_>, page: &mut Page, data: &[u8]) -> Result<()
                 data.len()
             )));
         }
-        if items.len() == MAX_INDEX_TUPLES_PER_PAGE {
+        if nitems == MAX_INDEX_TUPLES_PER_PAGE {
             return Err(redo.malformed("page contents: more than MaxIndexTuplesPerPage items"));
         }
-        items.push(&data[pos..pos + itemsz]);
+        // pos < data.len(), and data is a block's data (u16 length).
+        starts[nitems] = pos as u16;
+        nitems += 1;
         pos += itemsz;
     }
-    let nitems = items.len();
-    for (i, item) in items.iter().enumerate().rev() {
+    starts[nitems] = pos as u16;
+    for i in (0..nitems).rev() {
+        let item = &data[usize::from(starts[i])..usize::from(starts[i + 1])];
         add_item(redo, page, item, (nitems - i) as u16)?;
     }
     Ok(())
@@ -542,7 +558,7 @@ fn split_right(
         cycleid: 0,
     };
     opaque.write(page).map_err(btree_fault(redo))?;
-    restore_page(redo, page, &redo.block.data)?;
+    restore_page(redo, page, redo.block.data)?;
     page.set_lsn(redo.end_lsn());
     Ok(())
 }
@@ -569,27 +585,32 @@ fn logged_tuple<'d>(
 // mirrors btree_xlog_split (nbtxlog.c), the original page (block 0), which keeps the
 // left half: rebuilt in item number order on a temporary page, as _bt_split did, so
 // that every tuple lands where it did on the primary
-fn split_left(redo: &BlockRedo<'_>, page: &mut Page, split: &SplitRecord) -> Result<(), RedoError> {
+fn split_left(
+    redo: &BlockRedo<'_>,
+    page: &mut Page,
+    split: &SplitRecord,
+    scratch: &mut RedoScratch,
+) -> Result<(), RedoError> {
     if redo.read_for_redo(page)? != BufferAction::NeedsRedo {
         return Ok(());
     }
     let rightpagenumber = redo.other_block(1)?.block;
     let isleaf = split.level == 0;
-    let data = &redo.block.data[..];
+    let data = redo.block.data;
     let mut pos = 0usize;
-    let mut newitem: Vec<u8> = Vec::new();
-    let mut nposting: Vec<u8> = Vec::new();
+    let (newitem, nposting, leftpage) = scratch.tuple_posting_and_temp_page();
     // InvalidOffsetNumber: no data key is ever at offset 0.
     let mut replacepostingoff = 0u16;
     if split.newitemonleft || split.postingoff != 0 {
-        newitem = logged_tuple(redo, data, pos, "new item")?.to_vec();
+        newitem.extend_from_slice(logged_tuple(redo, data, pos, "new item")?);
         pos += newitem.len();
         if split.postingoff != 0 {
             // The posting list is at the offset before the new item's.
             replacepostingoff = split.newitemoff.saturating_sub(1);
             let oposting = tuple_at(redo, page, replacepostingoff)?;
-            nposting = swap_posting(&mut newitem, &oposting, usize::from(split.postingoff))
+            swap_posting(newitem, &oposting, usize::from(split.postingoff), nposting)
                 .map_err(btree_fault(redo))?;
+            pad_to_max_align(nposting);
         }
     }
     let left_hikey = logged_tuple(redo, data, pos, "left high key")?;
@@ -602,34 +623,33 @@ fn split_left(redo: &BlockRedo<'_>, page: &mut Page, split: &SplitRecord) -> Res
     }
 
     let oopaque = read_opaque(redo, page)?;
-    let mut leftpage = page
-        .temp_copy_special()
+    page.temp_copy_special_into(leftpage)
         .map_err(|error| redo.fault(error))?;
-    add_item(redo, &mut leftpage, left_hikey, P_HIKEY)?;
+    add_item(redo, leftpage, left_hikey, P_HIKEY)?;
     let mut leftoff = P_HIKEY + 1;
     let mut off = oopaque.first_data_key();
     while off < split.firstrightoff {
         if off == replacepostingoff {
-            // The replacement posting list instead of oposting.
-            let len = max_align(nposting.len());
-            add_item(redo, &mut leftpage, &padded(&nposting, len), leftoff)?;
+            // The replacement posting list instead of oposting (padded above).
+            add_item(redo, leftpage, nposting, leftoff)?;
             leftoff += 1;
             off += 1;
             continue;
         } else if split.newitemonleft && off == split.newitemoff {
-            add_item(redo, &mut leftpage, &newitem, leftoff)?;
+            add_item(redo, leftpage, newitem, leftoff)?;
             leftoff += 1;
         }
         let item = item_at(redo, page, off)?;
-        add_item(redo, &mut leftpage, item, leftoff)?;
+        add_item(redo, leftpage, item, leftoff)?;
         leftoff += 1;
         off += 1;
     }
     // The new item may go at the very end of the left page.
     if split.newitemonleft && off == split.newitemoff {
-        add_item(redo, &mut leftpage, &newitem, leftoff)?;
+        add_item(redo, leftpage, newitem, leftoff)?;
     }
-    *page = leftpage;
+    // PageRestoreTempPage; the old page becomes the next temporary page.
+    std::mem::swap(page, leftpage);
     update_opaque(redo, page, |opaque| {
         opaque.flags = BTP_INCOMPLETE_SPLIT | if isleaf { BTP_LEAF } else { 0 };
         opaque.next = rightpagenumber;
@@ -664,42 +684,56 @@ fn set_sibling_link(redo: &BlockRedo<'_>, page: &mut Page, link: Link) -> Result
 
 // mirrors btree_xlog_dedup (nbtxlog.c): the page is rebuilt on a temporary page by
 // repeating the primary's deduplication pass, merging exactly the intervals it logged
-fn dedup(redo: &BlockRedo<'_>, page: &mut Page, nintervals: u16) -> Result<(), RedoError> {
+fn dedup(
+    redo: &BlockRedo<'_>,
+    page: &mut Page,
+    nintervals: u16,
+    scratch: &mut RedoScratch,
+) -> Result<(), RedoError> {
     if redo.read_for_redo(page)? != BufferAction::NeedsRedo {
         return Ok(());
     }
-    let data = Fields::new(&redo.block.data, "block data");
-    let logged: Vec<DedupInterval> = (0..usize::from(nintervals))
-        .map(|i| {
-            Ok(DedupInterval {
-                baseoff: data.u16(i * SIZE_OF_DEDUP_INTERVAL)?,
-                nitems: data.u16(i * SIZE_OF_DEDUP_INTERVAL + 2)?,
-            })
+    // The logged intervals, read where they lie in the block data.
+    let data = Fields::new(redo.block.data, "block data");
+    let nintervals = usize::from(nintervals);
+    let logged = |i: usize| -> Result<DedupInterval, String> {
+        Ok(DedupInterval {
+            baseoff: data.u16(i * SIZE_OF_DEDUP_INTERVAL)?,
+            nitems: data.u16(i * SIZE_OF_DEDUP_INTERVAL + 2)?,
         })
-        .collect::<Result<_, String>>()
-        .map_err(|detail| redo.malformed(detail))?;
+    };
+    if nintervals > 0 {
+        // The last interval's end is the furthest read: check it before any change.
+        logged(nintervals - 1).map_err(|detail| redo.malformed(detail))?;
+    }
+    let logged = |i: usize| logged(i).ok();
 
     let opaque = read_opaque(redo, page)?;
-    // The primary's limit may be smaller; redo only needs one large enough.
-    let mut state = DedupState::new(BT_MAX_ITEM_SIZE);
+    // The primary's limit may be smaller; redo only needs one large enough
+    // (BT_MAX_ITEM_SIZE, what the scratch's state is reset to).
+    let (newpage, state) = scratch.temp_page_and_dedup();
     let minoff = opaque.first_data_key();
     let maxoff = page.max_offset_number();
-    let mut newpage = page
-        .temp_copy_special()
+    page.temp_copy_special_into(newpage)
         .map_err(|error| redo.fault(error))?;
     if !opaque.is_rightmost() {
         let hikey = item_at(redo, page, P_HIKEY)?;
-        add_item(redo, &mut newpage, hikey, P_HIKEY)?;
+        add_item(redo, newpage, hikey, P_HIKEY)?;
     }
     let fault = btree_fault(redo);
     for offnum in minoff..=maxoff {
         let itup = tuple_at(redo, page, offnum)?;
         let next = state.intervals().len();
+        let next_logged = if next < nintervals {
+            logged(next)
+        } else {
+            None
+        };
         if offnum == minoff {
             state.start_pending(&itup, offnum).map_err(&fault)?;
-        } else if next < logged.len()
-            && state.baseoff() == logged[next].baseoff
-            && state.nitems() < usize::from(logged[next].nitems)
+        } else if let Some(interval) = next_logged
+            && state.baseoff() == interval.baseoff
+            && state.nitems() < usize::from(interval.nitems)
         {
             if !state.save_htid(&itup).map_err(&fault)? {
                 return Err(fault(BtreeError::PostingTooLarge {
@@ -708,29 +742,30 @@ fn dedup(redo: &BlockRedo<'_>, page: &mut Page, nintervals: u16) -> Result<(), R
                 }));
             }
         } else {
-            state.finish_pending(&mut newpage).map_err(&fault)?;
+            state.finish_pending(newpage).map_err(&fault)?;
             state.start_pending(&itup, offnum).map_err(&fault)?;
         }
     }
-    state.finish_pending(&mut newpage).map_err(&fault)?;
-    if state.intervals() != logged.as_slice() {
+    state.finish_pending(newpage).map_err(&fault)?;
+    let produced = state.intervals();
+    let matches = produced.len() == nintervals
+        && produced
+            .iter()
+            .enumerate()
+            .all(|(i, interval)| logged(i) == Some(*interval));
+    if !matches {
         return Err(redo.fault(PageFault::DedupIntervals {
-            produced: state.intervals().to_vec(),
-            logged,
+            produced: produced.to_vec(),
+            logged: (0..nintervals).filter_map(logged).collect(),
         }));
     }
     if opaque.flags & BTP_HAS_GARBAGE != 0 {
-        BtPageOpaque::update(&mut newpage, |o| o.flags &= !BTP_HAS_GARBAGE).map_err(&fault)?;
+        BtPageOpaque::update(newpage, |o| o.flags &= !BTP_HAS_GARBAGE).map_err(&fault)?;
     }
-    *page = newpage;
+    // PageRestoreTempPage; the old page becomes the next temporary page.
+    std::mem::swap(page, newpage);
     page.set_lsn(redo.end_lsn());
     Ok(())
-}
-
-/// One xl_btree_update: which TIDs (by position) a posting list tuple loses.
-struct PostingUpdate {
-    offnum: u16,
-    deletetids: Vec<u16>,
 }
 
 // mirrors btree_xlog_vacuum and btree_xlog_delete (nbtxlog.c), which differ only in
@@ -741,46 +776,63 @@ fn delete_items(
     page: &mut Page,
     ndeleted: u16,
     nupdated: u16,
+    updated: &mut Vec<u8>,
 ) -> Result<(), RedoError> {
     if redo.read_for_redo(page)? != BufferAction::NeedsRedo {
         return Ok(());
     }
-    let data = Fields::new(&redo.block.data, "block data");
+    let data = Fields::new(redo.block.data, "block data");
     let (ndeleted, nupdated) = (usize::from(ndeleted), usize::from(nupdated));
-    let (deleted, updates) = (|| -> Result<(Vec<u16>, Vec<PostingUpdate>), String> {
-        let deleted = data.u16_array(0, ndeleted)?;
-        let updatedoffsets = data.u16_array(2 * ndeleted, nupdated)?;
-        // xl_btree_update {ndeletedtids, posting list offsets[]}, one per updated tuple.
+    // The deleted offsets, the updated offsets, then one xl_btree_update
+    // {ndeletedtids, posting list positions[]} per updated tuple. All of it is checked
+    // to be there before the page changes.
+    let (deleted, updatedoffsets) = (|| -> Result<_, String> {
+        let deleted = data.u16s(0, ndeleted)?;
+        let updatedoffsets = data.u16s(2 * ndeleted, nupdated)?;
         let mut pos = 2 * (ndeleted + nupdated);
-        let mut updates = Vec::with_capacity(nupdated);
-        for offnum in updatedoffsets {
+        for _ in 0..nupdated {
             let ndeletedtids = usize::from(data.u16(pos)?);
-            updates.push(PostingUpdate {
-                offnum,
-                deletetids: data.u16_array(pos + 2, ndeletedtids)?,
-            });
+            data.u16s(pos + 2, ndeletedtids)?;
             pos += 2 + 2 * ndeletedtids;
         }
-        Ok((deleted, updates))
+        Ok((deleted, updatedoffsets))
     })()
     .map_err(|detail| redo.malformed(detail))?;
 
     // mirrors btree_xlog_updates (nbtxlog.c)
-    for PostingUpdate { offnum, deletetids } in updates {
-        let updated = {
+    let mut pos = 2 * (ndeleted + nupdated);
+    for offnum in updatedoffsets.iter() {
+        let deletetids = (|| -> Result<OffsetNumbers<'_>, String> {
+            let ndeletedtids = usize::from(data.u16(pos)?);
+            let deletetids = data.u16s(pos + 2, ndeletedtids)?;
+            pos += 2 + 2 * ndeletedtids;
+            Ok(deletetids)
+        })()
+        .map_err(|detail| redo.malformed(detail))?;
+        {
             let origtuple = tuple_at(redo, page, offnum)?;
-            update_posting(&origtuple, &deletetids).map_err(btree_fault(redo))?
-        };
-        let itemsz = max_align(updated.len());
+            update_posting(&origtuple, deletetids.iter(), updated).map_err(btree_fault(redo))?;
+        }
+        pad_to_max_align(updated);
         let fits = page
-            .index_tuple_overwrite(offnum, &padded(&updated, itemsz))
+            .index_tuple_overwrite(offnum, updated)
             .map_err(|error| redo.fault(error))?;
         if !fits {
             return Err(redo.fault(PageFault::UpdatedItemDoesNotFit { offnum }));
         }
     }
     if !deleted.is_empty() {
-        page.index_multi_delete(&deleted)
+        // PageIndexMultiDelete takes at most MaxIndexTuplesPerPage offsets.
+        let mut itemnos = [0u16; MAX_INDEX_TUPLES_PER_PAGE];
+        let itemnos = itemnos.get_mut(..deleted.len()).ok_or_else(|| {
+            redo.fault(PageError::TooManyItems {
+                count: deleted.len(),
+            })
+        })?;
+        for (slot, offnum) in itemnos.iter_mut().zip(deleted.iter()) {
+            *slot = offnum;
+        }
+        page.index_multi_delete(itemnos)
             .map_err(|error| redo.fault(error))?;
     }
     // The page has no LP_DEAD items any more.
@@ -871,7 +923,7 @@ fn new_root(redo: &BlockRedo<'_>, page: &mut Page, level: u32) -> Result<(), Red
     };
     opaque.write(page).map_err(btree_fault(redo))?;
     if level > 0 {
-        restore_page(redo, page, &redo.block.data)?;
+        restore_page(redo, page, redo.block.data)?;
     }
     page.set_lsn(redo.end_lsn());
     Ok(())

@@ -53,7 +53,9 @@ fn leaf(key: u32, heap: ItemPointer) -> Vec<u8> {
 
 fn posting(key: u32, tids: &[ItemPointer]) -> Vec<u8> {
     let base = leaf(key, tids[0]);
-    form_posting(&IndexTuple::parse(&base).expect("base"), tids).expect("posting")
+    let mut out = Vec::new();
+    form_posting(&IndexTuple::parse(&base).expect("base"), tids, &mut out).expect("posting");
+    out
 }
 
 /// A 16-byte pivot tuple with a downlink.
@@ -703,7 +705,7 @@ fn sequence_log_reinitialises_the_page_with_the_logged_tuple() {
     }
     main.extend(&tuple);
     let rec = DecodedRecord {
-        blocks: vec![block_ref(0, 0, true, Vec::new())],
+        blocks: [block_ref(0, 0, true, Vec::new())].into_iter().collect(),
         ..record(RM_SEQ_ID, XLOG_SEQ_LOG, Vec::new(), main)
     };
     let mut page = Page::zeroed();
@@ -718,7 +720,7 @@ fn sequence_log_reinitialises_the_page_with_the_logged_tuple() {
     assert_eq!(page, want);
     // The block must be marked WILL_INIT, as XLogInitBufferForRedo requires.
     let rec = DecodedRecord {
-        blocks: vec![block_ref(0, 0, false, Vec::new())],
+        blocks: [block_ref(0, 0, false, Vec::new())].into_iter().collect(),
         ..rec
     };
     assert!(matches!(

@@ -2,14 +2,16 @@
 //! CONFIRM, LOCK and INPLACE. TRUNCATE has no page effect (it exists for logical
 //! decoding) and no block reference.
 
-use super::{BlockRedo, BufferAction, Fields, PageFault, ReadMode, RedoError, malformed};
+use super::{
+    BlockRedo, BufferAction, Fields, PageFault, ReadMode, RedoError, RedoScratch, malformed,
+};
 use crate::heap_tuple::{
     FIRST_COMMAND_ID, HEAP_HOT_UPDATED, HEAP_KEYS_UPDATED, HEAP_MOVED, HEAP_XMAX_BITS,
     HEAP_XMAX_EXCL_LOCK, HEAP_XMAX_IS_MULTI, HEAP_XMAX_KEYSHR_LOCK, HEAP_XMAX_LOCK_ONLY,
     HeapTupleHeader, INVALID_TRANSACTION_ID, xmax_is_locked_only,
 };
 use crate::page::{AddItemFlags, MAX_HEAP_TUPLE_SIZE, Page, SIZEOF_HEAP_TUPLE_HEADER};
-use tarn_wal::decode::DecodedRecord;
+use tarn_wal::decode::{DecodedRecord, RecordBytes};
 
 // XLOG_HEAP_* opcodes (heapam_xlog.h).
 pub const XLOG_HEAP_INSERT: u8 = 0x00;
@@ -104,7 +106,9 @@ pub enum HeapRecord {
 }
 
 /// Parses a Heap rmgr record's main data.
-pub fn parse_heap_record(record: &DecodedRecord) -> Result<HeapRecord, RedoError> {
+pub fn parse_heap_record<D: RecordBytes>(
+    record: &DecodedRecord<D>,
+) -> Result<HeapRecord, RedoError> {
     let info = record.rmgr_info();
     let init_page = info & XLOG_HEAP_INIT_PAGE != 0;
     let data = Fields::new(&record.main_data, "main data");
@@ -172,20 +176,24 @@ pub(crate) fn is_supported(_rmgr_info: u8) -> bool {
     true
 }
 
-pub(crate) fn redo(redo: &BlockRedo<'_>, page: &mut Page) -> Result<(), RedoError> {
+pub(crate) fn redo(
+    redo: &BlockRedo<'_>,
+    page: &mut Page,
+    scratch: &mut RedoScratch,
+) -> Result<(), RedoError> {
     match parse_heap_record(redo.record)? {
         HeapRecord::Insert {
             offnum,
             flags,
             init_page,
-        } => insert(redo, page, offnum, flags, init_page),
+        } => insert(redo, page, offnum, flags, init_page, scratch.tuple()),
         HeapRecord::Delete {
             xmax,
             offnum,
             infobits_set,
             flags,
         } => delete(redo, page, xmax, offnum, infobits_set, flags),
-        update @ HeapRecord::Update { .. } => self::update(redo, page, &update),
+        update @ HeapRecord::Update { .. } => self::update(redo, page, &update, scratch.tuple()),
         // heap_redo: TRUNCATE is logged for logical decoding only; it registers no
         // block, so there is no page to change.
         HeapRecord::Truncate => Err(redo.malformed("Heap/TRUNCATE references no block")),
@@ -269,17 +277,18 @@ pub(crate) fn check_new_offnum(
 }
 
 /// A heap tuple assembled in redo's local buffer (the `tbuf` union of the redo
-/// routines): a zeroed 23-byte header followed by the data, bounded by
-/// MaxHeapTupleSize.
-pub(crate) struct TupleBuilder {
-    bytes: Vec<u8>,
+/// routines, here [`RedoScratch`]'s): a zeroed 23-byte header followed by the data,
+/// bounded by MaxHeapTupleSize.
+pub(crate) struct TupleBuilder<'b> {
+    bytes: &'b mut Vec<u8>,
 }
 
-impl TupleBuilder {
-    pub fn new() -> TupleBuilder {
-        let mut bytes = Vec::with_capacity(MAX_HEAP_TUPLE_SIZE);
-        bytes.resize(SIZEOF_HEAP_TUPLE_HEADER, 0);
-        TupleBuilder { bytes }
+impl<'b> TupleBuilder<'b> {
+    /// Starts a tuple in `buffer` (whatever it held is dropped).
+    pub fn new(buffer: &'b mut Vec<u8>) -> TupleBuilder<'b> {
+        buffer.clear();
+        buffer.resize(SIZEOF_HEAP_TUPLE_HEADER, 0);
+        TupleBuilder { bytes: buffer }
     }
 
     /// Appends data after the header; fails if the tuple would outgrow the buffer.
@@ -295,7 +304,7 @@ impl TupleBuilder {
     }
 
     pub fn header(&mut self) -> HeapTupleHeader<'_> {
-        match HeapTupleHeader::new(&mut self.bytes) {
+        match HeapTupleHeader::new(self.bytes) {
             Some(header) => header,
             None => unreachable!("TupleBuilder always holds a whole header"),
         }
@@ -310,7 +319,7 @@ impl TupleBuilder {
     }
 
     pub fn bytes(&self) -> &[u8] {
-        &self.bytes
+        self.bytes
     }
 }
 
@@ -343,6 +352,7 @@ fn insert(
     offnum: u16,
     flags: u8,
     init_page: bool,
+    buffer: &mut Vec<u8>,
 ) -> Result<(), RedoError> {
     if redo.block.block_id != 0 {
         return Err(redo.malformed("Heap/INSERT changes only block 0"));
@@ -360,8 +370,8 @@ fn insert(
     }
     check_new_offnum(redo, page, offnum)?;
 
-    let data = Fields::new(&redo.block.data, "block data");
-    let mut tuple = TupleBuilder::new();
+    let data = Fields::new(redo.block.data, "block data");
+    let mut tuple = TupleBuilder::new(buffer);
     let (infomask2, infomask, hoff) = (|| {
         data.require(SIZE_OF_HEAP_HEADER)?;
         let header = xl_heap_header(&data, 0)?;
@@ -428,7 +438,12 @@ fn delete(
 }
 
 // mirrors heap_xlog_update (heapam.c)
-fn update(redo: &BlockRedo<'_>, page: &mut Page, record: &HeapRecord) -> Result<(), RedoError> {
+fn update(
+    redo: &BlockRedo<'_>,
+    page: &mut Page,
+    record: &HeapRecord,
+    buffer: &mut Vec<u8>,
+) -> Result<(), RedoError> {
     let &HeapRecord::Update {
         hot,
         init_page,
@@ -466,8 +481,8 @@ fn update(redo: &BlockRedo<'_>, page: &mut Page, record: &HeapRecord) -> Result<
             if redo.read_for_redo(page)? != BufferAction::NeedsRedo {
                 return Ok(());
             }
-            let old_tuple = update_old_tuple(redo, page, &old)?;
-            update_new_tuple(redo, page, &new, Some(&old_tuple))
+            update_old_tuple(redo, page, &old)?;
+            update_new_tuple(redo, page, &new, Some(old.offnum), buffer)
         }
         (0, false) => {
             let action = if init_page {
@@ -480,14 +495,13 @@ fn update(redo: &BlockRedo<'_>, page: &mut Page, record: &HeapRecord) -> Result<
             if action != BufferAction::NeedsRedo {
                 return Ok(());
             }
-            update_new_tuple(redo, page, &new, None)
+            update_new_tuple(redo, page, &new, None, buffer)
         }
         (1, false) => {
             if redo.read_for_redo(page)? != BufferAction::NeedsRedo {
                 return Ok(());
             }
-            update_old_tuple(redo, page, &old)?;
-            Ok(())
+            update_old_tuple(redo, page, &old)
         }
         (1, true) => {
             Err(redo
@@ -514,14 +528,13 @@ struct NewTupleChange {
     flags: u8,
 }
 
-/// The old-tuple half of heap_xlog_update. Returns the old tuple (header and data,
-/// lp_len bytes) for a prefix or suffix the new tuple takes from it.
+/// The old-tuple half of heap_xlog_update.
 fn update_old_tuple(
     redo: &BlockRedo<'_>,
     page: &mut Page,
     old: &OldTupleChange,
-) -> Result<Vec<u8>, RedoError> {
-    let old_tuple = {
+) -> Result<(), RedoError> {
+    {
         let mut htup = normal_tuple(redo, page, old.offnum)?;
         let mut infomask = htup.infomask() & !(HEAP_XMAX_BITS | HEAP_MOVED);
         let mut infomask2 = htup.infomask2() & !HEAP_KEYS_UPDATED;
@@ -536,28 +549,34 @@ fn update_old_tuple(
         htup.set_xmax(old.xmax);
         htup.set_cmax(FIRST_COMMAND_ID, false);
         htup.set_ctid(old.newtid.0, old.newtid.1);
-        htup.bytes().to_vec()
-    };
+    }
     page.set_prunable(redo.xid());
     if old.flags & XLH_UPDATE_OLD_ALL_VISIBLE_CLEARED != 0 {
         page.set_all_visible(false);
     }
     page.set_lsn(redo.end_lsn());
-    Ok(old_tuple)
+    Ok(())
 }
 
 /// The new-tuple half of heap_xlog_update: rebuilds the tuple from the record and,
-/// with prefix/suffix compression, from the old tuple on the same page.
+/// with prefix/suffix compression, from the old tuple at `old_offnum` on the same page
+/// (read in place, as Postgres reads it through PageGetItem).
 fn update_new_tuple(
     redo: &BlockRedo<'_>,
     page: &mut Page,
     new: &NewTupleChange,
-    old_tuple: Option<&[u8]>,
+    old_offnum: Option<u16>,
+    buffer: &mut Vec<u8>,
 ) -> Result<(), RedoError> {
     check_new_offnum(redo, page, new.offnum)?;
-    let recdata = &redo.block.data[..];
+    let recdata = redo.block.data;
     let data = Fields::new(recdata, "block data");
-    let mut tuple = TupleBuilder::new();
+    let old_tuple = match old_offnum {
+        // update_old_tuple checked it is a normal line pointer with a header.
+        Some(offnum) => Some(page.item(offnum).map_err(|error| redo.fault(error))?),
+        None => None,
+    };
+    let mut tuple = TupleBuilder::new(buffer);
     let (infomask2, infomask, hoff) = (|| -> Result<(u16, u16, u8), String> {
         let mut pos = 0usize;
         let mut prefixlen = 0usize;
@@ -681,7 +700,7 @@ fn inplace(redo: &BlockRedo<'_>, page: &mut Page, offnum: u16) -> Result<(), Red
     if redo.read_for_redo(page)? != BufferAction::NeedsRedo {
         return Ok(());
     }
-    let newtup = &redo.block.data[..];
+    let newtup = redo.block.data;
     let (hoff, old) = {
         let htup = normal_tuple(redo, page, offnum)?;
         let hoff = usize::from(htup.hoff());

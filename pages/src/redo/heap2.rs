@@ -3,14 +3,17 @@
 //! NEW_CID has no page effect and no block reference; REWRITE writes logical rewrite
 //! mapping files, not pages, and is not supported.
 
-use tarn_wal::decode::{DecodedRecord, ForkNumber};
+use tarn_wal::decode::{DecodedRecord, ForkNumber, RecordBytes};
 
 use super::heap::{
     TupleBuilder, XLH_INSERT_ALL_FROZEN_SET, XLH_INSERT_ALL_VISIBLE_CLEARED, XLOG_HEAP_INIT_PAGE,
     XLOG_HEAP_OPMASK, add_tuple, check_new_offnum, fix_infomask_from_infobits, normal_tuple,
     tuple_of,
 };
-use super::{BlockRedo, BufferAction, Fields, PageFault, ReadMode, RedoError, malformed};
+use super::{
+    BlockRedo, BufferAction, Fields, OffsetNumbers, PageFault, ReadMode, RedoError, RedoScratch,
+    malformed,
+};
 use crate::heap_tuple::{
     FIRST_COMMAND_ID, FROZEN_TRANSACTION_ID, HEAP_KEYS_UPDATED, HEAP_MOVED, HEAP_XMAX_BITS,
     INVALID_TRANSACTION_ID,
@@ -39,9 +42,9 @@ const SIZE_OF_FREEZE_TUPLE: usize = 12;
 /// t_hoff}.
 const SIZE_OF_MULTI_INSERT_TUPLE: usize = 7;
 
-/// The main data of a Heap2 rmgr record.
+/// The main data of a Heap2 rmgr record (borrowing the record's).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Heap2Record {
+pub enum Heap2Record<'a> {
     /// xl_heap_prune; the offsets are in block 0's data.
     Prune {
         latest_removed_xid: u32,
@@ -59,7 +62,7 @@ pub enum Heap2Record {
     MultiInsert {
         flags: u8,
         ntuples: u16,
-        offsets: Vec<u16>,
+        offsets: OffsetNumbers<'a>,
         init_page: bool,
     },
     /// xl_heap_lock_updated.
@@ -76,10 +79,12 @@ pub enum Heap2Record {
 }
 
 /// Parses a Heap2 rmgr record's main data.
-pub fn parse_heap2_record(record: &DecodedRecord) -> Result<Heap2Record, RedoError> {
+pub fn parse_heap2_record<D: RecordBytes>(
+    record: &DecodedRecord<D>,
+) -> Result<Heap2Record<'_>, RedoError> {
     let info = record.rmgr_info();
     let data = Fields::new(&record.main_data, "main data");
-    let parsed = (|| -> Result<Heap2Record, String> {
+    let parsed = (|| -> Result<Heap2Record<'_>, String> {
         Ok(match info & XLOG_HEAP_OPMASK {
             XLOG_HEAP2_PRUNE => {
                 data.require(8)?;
@@ -115,9 +120,9 @@ pub fn parse_heap2_record(record: &DecodedRecord) -> Result<Heap2Record, RedoErr
                 let ntuples = data.u16(2)?;
                 let init_page = info & XLOG_HEAP_INIT_PAGE != 0;
                 let offsets = if init_page {
-                    Vec::new()
+                    OffsetNumbers::default()
                 } else {
-                    data.u16_array(4, usize::from(ntuples))?
+                    data.u16s(4, usize::from(ntuples))?
                 };
                 Heap2Record::MultiInsert {
                     flags: data.u8(0)?,
@@ -146,7 +151,11 @@ pub(crate) fn is_supported(rmgr_info: u8) -> bool {
     rmgr_info & XLOG_HEAP_OPMASK != XLOG_HEAP2_REWRITE
 }
 
-pub(crate) fn redo(redo: &BlockRedo<'_>, page: &mut Page) -> Result<(), RedoError> {
+pub(crate) fn redo(
+    redo: &BlockRedo<'_>,
+    page: &mut Page,
+    scratch: &mut RedoScratch,
+) -> Result<(), RedoError> {
     match parse_heap2_record(redo.record)? {
         Heap2Record::Prune {
             nredirected, ndead, ..
@@ -159,7 +168,15 @@ pub(crate) fn redo(redo: &BlockRedo<'_>, page: &mut Page) -> Result<(), RedoErro
             ntuples,
             offsets,
             init_page,
-        } => multi_insert(redo, page, flags, ntuples, &offsets, init_page),
+        } => multi_insert(
+            redo,
+            page,
+            flags,
+            ntuples,
+            offsets,
+            init_page,
+            scratch.tuple(),
+        ),
         Heap2Record::LockUpdated {
             xmax,
             offnum,
@@ -200,7 +217,7 @@ fn prune(
     if redo.read_for_redo(page)? != BufferAction::NeedsRedo {
         return Ok(());
     }
-    let data = &redo.block.data;
+    let data = redo.block.data;
     if !data.len().is_multiple_of(2) {
         return Err(redo.malformed(format!(
             "{} bytes of offsets is not a whole number of OffsetNumbers",
@@ -208,7 +225,7 @@ fn prune(
         )));
     }
     let offsets = Fields::new(data, "block data")
-        .u16_array(0, data.len() / 2)
+        .u16s(0, data.len() / 2)
         .map_err(|detail| redo.malformed(detail))?;
     let nredirected = usize::from(nredirected);
     let ndead = usize::from(ndead);
@@ -221,18 +238,18 @@ fn prune(
     let (redirected, rest) = offsets.split_at(nredirected * 2);
     let (nowdead, nowunused) = rest.split_at(ndead);
 
-    for pair in redirected.chunks_exact(2) {
-        let (from, to) = (pair[0], pair[1]);
+    let mut redirected = redirected.iter();
+    while let (Some(from), Some(to)) = (redirected.next(), redirected.next()) {
         existing_offnum(redo, page, from)?;
         page.set_item_id(from, ItemId::redirect(to))
             .map_err(|error| redo.fault(error))?;
     }
-    for &offnum in nowdead {
+    for offnum in nowdead.iter() {
         existing_offnum(redo, page, offnum)?;
         page.set_item_id(offnum, ItemId::dead())
             .map_err(|error| redo.fault(error))?;
     }
-    for &offnum in nowunused {
+    for offnum in nowunused.iter() {
         existing_offnum(redo, page, offnum)?;
         page.set_item_id(offnum, ItemId::UNUSED)
             .map_err(|error| redo.fault(error))?;
@@ -250,10 +267,10 @@ fn vacuum(redo: &BlockRedo<'_>, page: &mut Page, nunused: u16) -> Result<(), Red
     if redo.read_for_redo(page)? != BufferAction::NeedsRedo {
         return Ok(());
     }
-    let nowunused = Fields::new(&redo.block.data, "block data")
-        .u16_array(0, usize::from(nunused))
+    let nowunused = Fields::new(redo.block.data, "block data")
+        .u16s(0, usize::from(nunused))
         .map_err(|detail| redo.malformed(detail))?;
-    for offnum in nowunused {
+    for offnum in nowunused.iter() {
         existing_offnum(redo, page, offnum)?;
         page.set_item_id(offnum, ItemId::UNUSED)
             .map_err(|error| redo.fault(error))?;
@@ -270,7 +287,7 @@ fn freeze_page(redo: &BlockRedo<'_>, page: &mut Page, ntuples: u16) -> Result<()
     if redo.read_for_redo(page)? != BufferAction::NeedsRedo {
         return Ok(());
     }
-    let data = Fields::new(&redo.block.data, "block data");
+    let data = Fields::new(redo.block.data, "block data");
     for index in 0..usize::from(ntuples) {
         let at = index * SIZE_OF_FREEZE_TUPLE;
         let plan = (|| -> Result<(u32, u16, u16, u16, u8), String> {
@@ -352,13 +369,15 @@ fn visible(
 }
 
 // mirrors heap_xlog_multi_insert (heapam.c)
+#[allow(clippy::too_many_arguments)]
 fn multi_insert(
     redo: &BlockRedo<'_>,
     page: &mut Page,
     flags: u8,
     ntuples: u16,
-    offsets: &[u16],
+    offsets: OffsetNumbers<'_>,
     init_page: bool,
+    buffer: &mut Vec<u8>,
 ) -> Result<(), RedoError> {
     only_block_0(redo)?;
     let action = if init_page {
@@ -371,21 +390,21 @@ fn multi_insert(
     if action != BufferAction::NeedsRedo {
         return Ok(());
     }
-    let tupdata = &redo.block.data[..];
+    let tupdata = redo.block.data;
     let data = Fields::new(tupdata, "block data");
     let mut pos = 0usize;
     for index in 0..usize::from(ntuples) {
         let offnum = if init_page {
             1 + index as u16
         } else {
-            *offsets
+            offsets
                 .get(index)
                 .ok_or_else(|| redo.malformed(format!("no offset for tuple {index}")))?
         };
         check_new_offnum(redo, page, offnum)?;
         // Each xl_multi_insert_tuple is SHORTALIGNed within the block data.
         pos += pos % 2;
-        let mut tuple = TupleBuilder::new();
+        let mut tuple = TupleBuilder::new(buffer);
         let header = (|| -> Result<(u16, u16, u8), String> {
             let datalen = usize::from(data.u16(pos)?);
             let header = (data.u16(pos + 2)?, data.u16(pos + 4)?, data.u8(pos + 6)?);

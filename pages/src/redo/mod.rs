@@ -13,6 +13,15 @@
 //!
 //! Records of a type tarn has not ported are an explicit [`RedoError::Unsupported`]
 //! naming the rmgr, info and LSN: never a silently wrong page.
+//!
+//! Redo runs in a tight loop when a page is rebuilt from its deltas, so it allocates
+//! nothing per record: [`apply_record_ref`] takes a record decoded in place
+//! ([`DecodedRecordRef`]), offset arrays are read from the record where they lie
+//! ([`OffsetNumbers`]), and what needs working memory — a heap tuple assembled before
+//! PageAddItem, the temporary page of a btree split or deduplication, posting lists —
+//! uses a [`RedoScratch`] the caller keeps from record to record (or fixed arrays on
+//! the stack, bounded by MaxHeapTuplesPerPage / MaxIndexTuplesPerPage). Errors may
+//! allocate: they end the replay.
 
 pub mod btree;
 pub mod heap;
@@ -23,11 +32,14 @@ mod xlog;
 use std::fmt;
 
 use tarn_wal::Lsn;
-use tarn_wal::decode::{BlockRef, DecodedRecord, ForkNumber, ImageError, RelFileNode, rmgr_name};
+use tarn_wal::decode::{
+    BlockRef, DecodedRecord, DecodedRecordRef, ForkNumber, ImageError, RecordBytes, RelFileNode,
+    rmgr_name,
+};
 
-use crate::btree::BtreeError;
-use crate::btree::posting::DedupInterval;
-use crate::page::{Page, PageError};
+use crate::btree::posting::{DedupInterval, DedupState};
+use crate::btree::{BT_MAX_ITEM_SIZE, BtreeError};
+use crate::page::{BLCKSZ, Page, PageError};
 
 pub use btree::{BtreeRecord, parse_btree_record};
 pub use heap::{HeapRecord, parse_heap_record};
@@ -71,7 +83,7 @@ pub struct PageTag {
 }
 
 impl PageTag {
-    pub fn of(block: &BlockRef) -> PageTag {
+    pub fn of<D>(block: &BlockRef<D>) -> PageTag {
         PageTag {
             rel: block.rel,
             fork: block.fork,
@@ -172,10 +184,77 @@ pub enum PageFault {
     UpdatedItemDoesNotFit { offnum: u16 },
 }
 
+/// Working memory redo reuses from record to record, so that replaying a chain of
+/// deltas allocates nothing per record: created empty (no allocation), each buffer
+/// is allocated at its largest size the first time a record needs it.
+#[derive(Debug, Default)]
+pub struct RedoScratch {
+    /// A heap tuple being assembled (the `tbuf` of the heap redo routines), or a btree
+    /// item a posting list split changes.
+    tuple: Vec<u8>,
+    /// A btree posting list being rebuilt.
+    posting: Vec<u8>,
+    /// The temporary page of a btree split or deduplication
+    /// (PageGetTempPageCopySpecial); it trades places with the page it replaces.
+    page: Option<Page>,
+    /// The state of a btree deduplication pass.
+    dedup: DedupState,
+}
+
+impl RedoScratch {
+    pub fn new() -> RedoScratch {
+        RedoScratch::default()
+    }
+
+    /// The tuple buffer, empty, with room for the largest heap tuple or index item.
+    pub(crate) fn tuple(&mut self) -> &mut Vec<u8> {
+        clear_with_room(&mut self.tuple, BLCKSZ)
+    }
+
+    /// The tuple and posting list buffers, both empty, with room for a page's worth.
+    pub(crate) fn tuple_and_posting(&mut self) -> (&mut Vec<u8>, &mut Vec<u8>) {
+        (
+            clear_with_room(&mut self.tuple, BLCKSZ),
+            clear_with_room(&mut self.posting, BLCKSZ),
+        )
+    }
+
+    /// The posting list buffer, empty.
+    pub(crate) fn posting(&mut self) -> &mut Vec<u8> {
+        clear_with_room(&mut self.posting, BLCKSZ)
+    }
+
+    /// The tuple and posting list buffers, empty, and the temporary page (holding
+    /// whatever it last held).
+    pub(crate) fn tuple_posting_and_temp_page(
+        &mut self,
+    ) -> (&mut Vec<u8>, &mut Vec<u8>, &mut Page) {
+        (
+            clear_with_room(&mut self.tuple, BLCKSZ),
+            clear_with_room(&mut self.posting, BLCKSZ),
+            self.page.get_or_insert_with(Page::zeroed),
+        )
+    }
+
+    /// The temporary page (its contents are whatever it last held) and the
+    /// deduplication state, reset.
+    pub(crate) fn temp_page_and_dedup(&mut self) -> (&mut Page, &mut DedupState) {
+        self.dedup.reset(BT_MAX_ITEM_SIZE);
+        (self.page.get_or_insert_with(Page::zeroed), &mut self.dedup)
+    }
+}
+
+/// `buffer` emptied, with capacity for `room` bytes (allocated once, then kept).
+fn clear_with_room(buffer: &mut Vec<u8>, room: usize) -> &mut Vec<u8> {
+    buffer.clear();
+    buffer.reserve(room);
+    buffer
+}
+
 /// Applies `record`'s change to block `block_id`'s page with default settings (no data
 /// checksums, `wal_log_hints` off). See [`apply_record_with`].
-pub fn apply_record(
-    record: &DecodedRecord,
+pub fn apply_record<D: RecordBytes>(
+    record: &DecodedRecord<D>,
     block_id: u8,
     page: &mut Page,
 ) -> Result<(), RedoError> {
@@ -191,11 +270,32 @@ pub fn apply_record(
 /// as XLogReadBufferForRedoExtended does (for supported record types only: others are
 /// [`RedoError::Unsupported`] even then). On error, `page` may have been partly
 /// changed.
-pub fn apply_record_with(
-    record: &DecodedRecord,
+///
+/// Uses fresh working memory; [`apply_record_ref`] is the form for loops.
+pub fn apply_record_with<D: RecordBytes>(
+    record: &DecodedRecord<D>,
     block_id: u8,
     page: &mut Page,
     settings: &RedoSettings,
+) -> Result<(), RedoError> {
+    apply_record_ref(
+        &record.borrowed(),
+        block_id,
+        page,
+        settings,
+        &mut RedoScratch::new(),
+    )
+}
+
+/// [`apply_record_with`] for a record decoded in place, with working memory kept by
+/// the caller: allocates nothing once `scratch` has served every kind of record
+/// (errors aside).
+pub fn apply_record_ref(
+    record: &DecodedRecordRef<'_>,
+    block_id: u8,
+    page: &mut Page,
+    settings: &RedoSettings,
+    scratch: &mut RedoScratch,
 ) -> Result<(), RedoError> {
     let block = record
         .block(block_id)
@@ -211,9 +311,9 @@ pub fn apply_record_with(
     };
     match record.rmid {
         RM_XLOG_ID => xlog::redo(&redo, page),
-        RM_HEAP_ID => heap::redo(&redo, page),
-        RM_HEAP2_ID => heap2::redo(&redo, page),
-        RM_BTREE_ID => btree::redo(&redo, page),
+        RM_HEAP_ID => heap::redo(&redo, page, scratch),
+        RM_HEAP2_ID => heap2::redo(&redo, page, scratch),
+        RM_BTREE_ID => btree::redo(&redo, page, scratch),
         RM_SEQ_ID => seq::redo(&redo, page),
         _ => Err(redo.unsupported()),
     }
@@ -251,8 +351,8 @@ pub fn registers_no_blocks(rmid: u8, info: u8) -> bool {
 
 /// One block of one record being redone: what every redo routine needs at hand.
 pub(crate) struct BlockRedo<'a> {
-    pub record: &'a DecodedRecord,
-    pub block: &'a BlockRef,
+    pub record: &'a DecodedRecordRef<'a>,
+    pub block: &'a BlockRef<&'a [u8]>,
     pub settings: &'a RedoSettings,
 }
 
@@ -278,7 +378,7 @@ pub(crate) enum ReadMode {
     ZeroOnError,
 }
 
-impl BlockRedo<'_> {
+impl<'a> BlockRedo<'a> {
     /// EndRecPtr: what redo stamps into pd_lsn.
     pub fn end_lsn(&self) -> Lsn {
         self.record.end_lsn
@@ -321,7 +421,7 @@ impl BlockRedo<'_> {
 
     /// Another block reference of the same record (e.g. the heap block a visibility
     /// map change is about).
-    pub fn other_block(&self, block_id: u8) -> Result<&BlockRef, RedoError> {
+    pub fn other_block(&self, block_id: u8) -> Result<&BlockRef<&'a [u8]>, RedoError> {
         self.record
             .block(block_id)
             .ok_or_else(|| RedoError::NoSuchBlock {
@@ -368,7 +468,7 @@ impl BlockRedo<'_> {
             return Ok(BufferAction::Restored);
         }
         if zero_mode {
-            *page = Page::zeroed();
+            page.as_bytes_mut().fill(0);
         } else if mode == ReadMode::Normal && page.is_new() {
             // XLogReadBufferExtended returns InvalidBuffer (BLK_NOTFOUND) and records
             // an invalid page; recovery fails at its end unless the relation goes
@@ -388,7 +488,10 @@ impl BlockRedo<'_> {
     }
 }
 
-pub(crate) fn malformed(record: &DecodedRecord, detail: impl Into<String>) -> RedoError {
+pub(crate) fn malformed<D: RecordBytes>(
+    record: &DecodedRecord<D>,
+    detail: impl Into<String>,
+) -> RedoError {
     RedoError::Malformed {
         record: record.type_name(),
         lsn: record.lsn,
@@ -445,12 +548,52 @@ impl<'a> Fields<'a> {
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
 
-    /// `count` OffsetNumbers (u16) starting at `at`.
-    pub fn u16_array(&self, at: usize, count: usize) -> Result<Vec<u16>, String> {
-        let b = self.slice(at, count * 2)?;
-        Ok(b.chunks_exact(2)
+    /// `count` OffsetNumbers (u16) starting at `at`, read in place.
+    pub fn u16s(&self, at: usize, count: usize) -> Result<OffsetNumbers<'a>, String> {
+        Ok(OffsetNumbers {
+            bytes: self.slice(at, count * 2)?,
+        })
+    }
+}
+
+/// An array of OffsetNumbers (or other uint16s) as a record carries it: little-endian
+/// and unaligned, read where it lies.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub struct OffsetNumbers<'a> {
+    /// An even number of bytes.
+    bytes: &'a [u8],
+}
+
+impl<'a> OffsetNumbers<'a> {
+    pub fn len(&self) -> usize {
+        self.bytes.len() / 2
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    pub fn get(&self, index: usize) -> Option<u16> {
+        let pair = self.bytes.get(index * 2..index * 2 + 2)?;
+        Some(u16::from_le_bytes([pair[0], pair[1]]))
+    }
+
+    /// The first `mid` numbers and the rest (`mid` at most [`len`](Self::len)).
+    pub fn split_at(&self, mid: usize) -> (OffsetNumbers<'a>, OffsetNumbers<'a>) {
+        let (head, tail) = self.bytes.split_at((mid * 2).min(self.bytes.len()));
+        (OffsetNumbers { bytes: head }, OffsetNumbers { bytes: tail })
+    }
+
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = u16> + Clone + 'a {
+        self.bytes
+            .chunks_exact(2)
             .map(|pair| u16::from_le_bytes([pair[0], pair[1]]))
-            .collect())
+    }
+}
+
+impl fmt::Debug for OffsetNumbers<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
     }
 }
 

@@ -40,22 +40,19 @@ pub(crate) fn redo(redo: &BlockRedo<'_>, page: &mut Page) -> Result<(), RedoErro
             ))
         })?;
     redo.read_buffer_for_redo(page, ReadMode::ZeroAndLock)?;
-    // Built in local memory and copied over whole, as Postgres does.
-    let mut local = Page::zeroed();
-    local.init(SIZE_OF_SEQUENCE_MAGIC);
-    local
-        .special_space_mut()
+    // Postgres builds the page in local memory and copies it over whole; PageInit
+    // zeroes every byte first, so building it in place leaves the same bytes.
+    page.init(SIZE_OF_SEQUENCE_MAGIC);
+    page.special_space_mut()
         .map_err(|error| redo.fault(error))?[..SIZE_OF_SEQUENCE_MAGIC]
         .copy_from_slice(&SEQ_MAGIC.to_le_bytes());
-    local
-        .add_item_extended(tuple, FIRST_OFFSET_NUMBER, AddItemFlags::default())
+    page.add_item_extended(tuple, FIRST_OFFSET_NUMBER, AddItemFlags::default())
         .map_err(|source| {
             redo.fault(PageFault::AddTuple {
                 offnum: FIRST_OFFSET_NUMBER,
                 source,
             })
         })?;
-    local.set_lsn(redo.end_lsn());
-    *page = local;
+    page.set_lsn(redo.end_lsn());
     Ok(())
 }

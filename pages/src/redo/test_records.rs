@@ -47,7 +47,7 @@ impl RecordAt {
             info,
             rmid,
             total_len: 0,
-            blocks,
+            blocks: blocks.into_iter().collect(),
             main_data: Bytes::from(main_data),
             origin: None,
             toplevel_xid: None,

@@ -1,6 +1,7 @@
 //! Any bytes as one WAL record: `decode_record_bytes` must return a record or an error,
 //! never panic; a record's parts must lie within it, and restoring its images must
-//! return a page (with a zeroed hole) or an error.
+//! return a page (with a zeroed hole) or an error. The in-place form
+//! (`decode_record_ref`) must agree with it exactly, errors included.
 //!
 //! The first input byte chooses whether xl_tot_len is patched to the input's length
 //! (so that mutations reach the body instead of failing the length check).
@@ -10,7 +11,7 @@
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use tarn_wal::Lsn;
-use tarn_wal::decode::decode_record_bytes;
+use tarn_wal::decode::{DecodedRecordRef, decode_record_bytes, decode_record_ref};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, record)) = data.split_first() else {
@@ -22,7 +23,21 @@ fuzz_target!(|data: &[u8]| {
         record[..4].copy_from_slice(&len.to_le_bytes());
     }
     let len = record.len();
-    let Ok(decoded) = decode_record_bytes(Lsn(0x0100_0028), Bytes::from(record)) else {
+    let lsn = Lsn(0x0100_0028);
+    let owned = decode_record_bytes(lsn, Bytes::from(record.clone()));
+    let end_lsn = owned
+        .as_ref()
+        .map_or(Lsn(lsn.0 + 0x2000), |decoded| decoded.end_lsn);
+    let mut in_place = DecodedRecordRef::default();
+    match (
+        &owned,
+        decode_record_ref(lsn, end_lsn, &record, &mut in_place),
+    ) {
+        (Ok(owned), Ok(())) => assert_eq!(owned.borrowed(), in_place, "the two forms agree"),
+        (Err(owned), Err(error)) => assert_eq!(owned, &error, "the two forms agree"),
+        (owned, in_place) => panic!("owned {owned:?}, in place {in_place:?}"),
+    }
+    let Ok(decoded) = owned else {
         return;
     };
     assert_eq!(decoded.total_len as usize, len);

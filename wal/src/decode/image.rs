@@ -6,7 +6,7 @@
 use std::cell::RefCell;
 
 use super::pglz::{PglzError, pglz_decompress};
-use super::{BLCKSZ, BlockImage, ImageCompression};
+use super::{BLCKSZ, BlockImage, ImageCompression, RecordBytes};
 
 /// Why a page image did not restore. Kept small (lengths as u32, boxed detail): it is
 /// carried inside redo and ingest errors.
@@ -34,7 +34,7 @@ pub enum ImageError {
     },
 }
 
-impl BlockImage {
+impl<D: RecordBytes> BlockImage<D> {
     /// The page this image stands for.
     pub fn restore(&self) -> Result<Box<[u8; BLCKSZ]>, ImageError> {
         let mut page = Box::new([0u8; BLCKSZ]);

@@ -24,7 +24,8 @@ use crate::format::{
 };
 
 use super::{
-    BlockImage, BlockRef, DecodeError, DecodedRecord, ForkNumber, ImageCompression, RelFileNode,
+    BlockImage, BlockRef, BlockRefs, DecodeError, DecodedRecord, DecodedRecordRef, ForkNumber,
+    ImageCompression, MAX_BLOCK_REFS, RecordBytes, RelFileNode,
 };
 
 /// Size of a relation page (BLCKSZ); page images restore to this many bytes.
@@ -74,7 +75,9 @@ pub fn decode_record_bytes(lsn: Lsn, bytes: Bytes) -> Result<DecodedRecord, Deco
     let header = read_header(lsn, &bytes)?;
     let end_lsn = standard_record_end(lsn, &header, DEFAULT_SEGMENT_SIZE_BYTES)
         .ok_or_else(|| DecodeError::new(lsn, "the record would end beyond the last LSN"))?;
-    decode_body(lsn, end_lsn, header, bytes)
+    let mut record = DecodedRecord::default();
+    decode_body(lsn, end_lsn, header, bytes, &mut record)?;
+    Ok(record)
 }
 
 /// [`decode_record_bytes`] with the record's end (EndRecPtr) known to the caller, as a
@@ -85,7 +88,24 @@ pub fn decode_record_at(
     bytes: Bytes,
 ) -> Result<DecodedRecord, DecodeError> {
     let header = read_header(lsn, &bytes)?;
-    decode_body(lsn, end_lsn, header, bytes)
+    let mut record = DecodedRecord::default();
+    decode_body(lsn, end_lsn, header, bytes, &mut record)?;
+    Ok(record)
+}
+
+/// [`decode_record_at`] over borrowed bytes, into `record`: its parts borrow `bytes`.
+/// The same decoder as the others, for redo of records kept in stored deltas in a
+/// loop: it allocates nothing (block references are inline), and decoding into the
+/// same `record` each time spares initialising and moving its block array. On error
+/// `record` holds whatever was decoded so far.
+pub fn decode_record_ref<'a>(
+    lsn: Lsn,
+    end_lsn: Lsn,
+    bytes: &'a [u8],
+    record: &mut DecodedRecordRef<'a>,
+) -> Result<(), DecodeError> {
+    let header = read_header(lsn, bytes)?;
+    decode_body(lsn, end_lsn, header, bytes, record)
 }
 
 /// Where the record with `header` starting at `start` ends (EndRecPtr) in a stream of
@@ -156,17 +176,7 @@ fn read_header(lsn: Lsn, bytes: &[u8]) -> Result<XLogRecordHeader, DecodeError> 
     Ok(header)
 }
 
-/// A block reference whose headers are read but whose payload is not located yet.
-struct PendingBlock {
-    block_id: u8,
-    rel: RelFileNode,
-    fork: ForkNumber,
-    block: u32,
-    will_init: bool,
-    data_len: u16,
-    image: Option<PendingImage>,
-}
-
+/// An image header read but not located in the payload yet.
 struct PendingImage {
     bimg_len: u16,
     hole_offset: u16,
@@ -175,13 +185,15 @@ struct PendingImage {
     compression: ImageCompression,
 }
 
-/// Reads the fragment headers, then slices the payloads. Mirrors DecodeXLogRecord.
-fn decode_body(
+/// Reads the fragment headers, then slices the payloads, into `out` (whatever it
+/// held is replaced). Mirrors DecodeXLogRecord.
+fn decode_body<D: RecordBytes>(
     lsn: Lsn,
     end_lsn: Lsn,
     header: XLogRecordHeader,
-    bytes: Bytes,
-) -> Result<DecodedRecord, DecodeError> {
+    bytes: D,
+    out: &mut DecodedRecord<D>,
+) -> Result<(), DecodeError> {
     let err = |detail: String| DecodeError::new(lsn, detail);
     let short = || err("record with invalid length".to_string());
 
@@ -189,7 +201,11 @@ fn decode_body(
         bytes: &bytes,
         pos: SIZE_OF_XLOG_RECORD,
     };
-    let mut blocks: Vec<PendingBlock> = Vec::new();
+    // The block references as their headers are read, their parts empty until the
+    // payloads are located; each one's (image, data) payload lengths alongside.
+    let blocks: &mut BlockRefs<D> = &mut out.blocks;
+    blocks.clear();
+    let mut payload_lens = [(0u16, 0u16); MAX_BLOCK_REFS];
     let mut main_data_len: u32 = 0;
     let mut origin = None;
     let mut toplevel_xid = None;
@@ -245,12 +261,19 @@ fn decode_body(
                     )));
                 }
                 data_total += u64::from(data_len);
-                let image = if has_image {
+                let (image, bimg_len) = if has_image {
                     let image = read_image_header(&mut headers, &err, short)?;
                     data_total += u64::from(image.bimg_len);
-                    Some(image)
+                    let located = BlockImage {
+                        stored: D::default(),
+                        hole_offset: image.hole_offset,
+                        hole_length: image.hole_length,
+                        apply: image.apply,
+                        compression: image.compression,
+                    };
+                    (Some(located), image.bimg_len)
                 } else {
-                    None
+                    (None, 0)
                 };
                 let rel = if fork_flags & BKPBLOCK_SAME_REL == 0 {
                     let rel = RelFileNode {
@@ -266,15 +289,20 @@ fn decode_body(
                     })?
                 };
                 let block = headers.u32().ok_or_else(short)?;
-                blocks.push(PendingBlock {
-                    block_id,
-                    rel,
-                    fork,
-                    block,
-                    will_init: fork_flags & BKPBLOCK_WILL_INIT != 0,
-                    data_len,
-                    image,
-                });
+                payload_lens[blocks.len()] = (bimg_len, data_len);
+                // Cannot fail: the id is above the last one (checked first, as
+                // Postgres does) and at most XLR_MAX_BLOCK_ID.
+                blocks
+                    .push(BlockRef {
+                        block_id,
+                        rel,
+                        fork,
+                        block,
+                        will_init: fork_flags & BKPBLOCK_WILL_INIT != 0,
+                        image,
+                        data: D::default(),
+                    })
+                    .map_err(|_| err(format!("out-of-order block_id {block_id}")))?;
             }
             _ => return Err(err(format!("invalid block_id {block_id}"))),
         }
@@ -286,48 +314,30 @@ fn decode_body(
     // The payloads, in header order: each block's image then its data, then main data.
     // Their lengths add up to exactly the rest of the record (checked just above).
     let mut payload = headers.pos;
-    let mut take = |len: usize| {
-        let slice = bytes.slice(payload..payload + len);
+    let mut take = |len: u32| {
+        let len = len as usize;
+        let part = bytes.part(payload..payload + len);
         payload += len;
-        slice
+        part
     };
-    let blocks = blocks
-        .into_iter()
-        .map(|pending| {
-            let image = pending.image.map(|image| BlockImage {
-                stored: take(usize::from(image.bimg_len)),
-                hole_offset: image.hole_offset,
-                hole_length: image.hole_length,
-                apply: image.apply,
-                compression: image.compression,
-            });
-            BlockRef {
-                block_id: pending.block_id,
-                rel: pending.rel,
-                fork: pending.fork,
-                block: pending.block,
-                will_init: pending.will_init,
-                image,
-                data: take(usize::from(pending.data_len)),
-            }
-        })
-        .collect();
-    let main_data = take(main_data_len as usize);
+    for (block, &(bimg_len, data_len)) in blocks.slots_mut().iter_mut().zip(&payload_lens) {
+        if let Some(image) = &mut block.image {
+            image.stored = take(u32::from(bimg_len));
+        }
+        block.data = take(u32::from(data_len));
+    }
+    out.main_data = take(main_data_len);
     debug_assert_eq!(payload, bytes.len());
-
-    Ok(DecodedRecord {
-        lsn,
-        end_lsn,
-        xid: header.xid,
-        prev: header.prev,
-        info: header.info,
-        rmid: header.rmid,
-        total_len: header.tot_len,
-        blocks,
-        main_data,
-        origin,
-        toplevel_xid,
-    })
+    out.lsn = lsn;
+    out.end_lsn = end_lsn;
+    out.xid = header.xid;
+    out.prev = header.prev;
+    out.info = header.info;
+    out.rmid = header.rmid;
+    out.total_len = header.tot_len;
+    out.origin = origin;
+    out.toplevel_xid = toplevel_xid;
+    Ok(())
 }
 
 /// Reads an XLogRecordBlockImageHeader (and XLogRecordBlockCompressHeader) and checks

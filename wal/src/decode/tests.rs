@@ -226,8 +226,23 @@ fn test_page(seed: u64, lower: u16, upper: u16) -> Box<[u8; BLCKSZ]> {
     page
 }
 
+/// Decodes `record` both ways, owned and in place, and checks that the two agree
+/// (errors included): every test of the decoder tests both.
 fn decode(record: &[u8]) -> Result<DecodedRecord, DecodeError> {
-    decode_record(AT, record)
+    let owned = decode_record(AT, record);
+    let end_lsn = owned
+        .as_ref()
+        .map_or(Lsn(AT.0 + 0x2000), |decoded| decoded.end_lsn);
+    let mut borrowed = DecodedRecordRef::default();
+    match (
+        &owned,
+        decode_record_ref(AT, end_lsn, record, &mut borrowed),
+    ) {
+        (Ok(owned), Ok(())) => assert_eq!(owned.borrowed(), borrowed),
+        (Err(owned), Err(error)) => assert_eq!(owned, &error),
+        (owned, borrowed) => panic!("owned {owned:?}, in place {borrowed:?}"),
+    }
+    owned
 }
 
 fn decode_ok(record: &TestRecord) -> DecodedRecord {
@@ -242,6 +257,64 @@ fn decode_err(record: &[u8]) -> String {
             error.detail
         }
     }
+}
+
+/// Decoding in place into one record over and over leaves nothing of the previous
+/// record behind, up to the most block references a record can have.
+#[test]
+fn decoding_in_place_reuses_the_record() {
+    let most = TestRecord {
+        rmid: 10,
+        blocks: (0..=XLR_MAX_BLOCK_ID)
+            .map(|id| TestBlock::new(id, u32::from(id) * 3).data(&[id; 3]))
+            .collect(),
+        main_data: vec![7; 20],
+        origin: Some(4),
+        ..Default::default()
+    };
+    let few = TestRecord {
+        rmid: 9,
+        blocks: vec![TestBlock::new(2, 8).data(b"xyz")],
+        toplevel_xid: Some(77),
+        ..Default::default()
+    };
+    let (most_bytes, few_bytes) = (most.encode(), few.encode());
+    let most_owned = decode_ok(&most);
+    assert_eq!(most_owned.blocks.len(), MAX_BLOCK_REFS);
+    let few_owned = decode_ok(&few);
+    let mut record = DecodedRecordRef::default();
+    for _ in 0..2 {
+        decode_record_ref(AT, most_owned.end_lsn, &most_bytes, &mut record).expect("most");
+        assert_eq!(record, most_owned.borrowed());
+        assert_eq!(record.block(32).expect("block 32").data, &[32; 3]);
+        decode_record_ref(AT, few_owned.end_lsn, &few_bytes, &mut record).expect("few");
+        assert_eq!(record, few_owned.borrowed());
+        assert_eq!(record.blocks.len(), 1);
+        assert!(record.block(0).is_none() && record.origin.is_none());
+    }
+}
+
+#[test]
+fn block_refs_keep_ids_increasing_and_in_range() {
+    let block = |block_id| BlockRef::<&[u8]> {
+        block_id,
+        ..BlockRef::default()
+    };
+    let mut blocks = BlockRefs::new();
+    assert!(blocks.push(block(3)).is_ok());
+    assert!(blocks.push(block(3)).is_err(), "repeated id");
+    assert!(blocks.push(block(1)).is_err(), "decreasing id");
+    assert!(
+        blocks.push(block(XLR_MAX_BLOCK_ID + 1)).is_err(),
+        "id above the max"
+    );
+    assert!(blocks.push(block(XLR_MAX_BLOCK_ID)).is_ok());
+    assert_eq!(
+        blocks.iter().map(|b| b.block_id).collect::<Vec<_>>(),
+        [3, 32]
+    );
+    blocks.clear();
+    assert!(blocks.is_empty());
 }
 
 #[test]
