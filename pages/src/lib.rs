@@ -23,7 +23,10 @@
 //!
 //! [`store`] is the versioned page store: every page's history as images and deltas in
 //! layer files, readable at any LSN; its values are opaque (redo happens above it).
+//! [`basebackup`] writes a data directory as of any LSN from it, which vanilla
+//! Postgres boots without replay.
 
+pub mod basebackup;
 pub mod btree;
 pub mod heap_tuple;
 pub mod ingest;

@@ -6,8 +6,8 @@
 //! except the free space map (all-zero blocks are left out: a block within the size
 //! without a version reads as zeros), the sizes, relation and database directories,
 //! `pg_filenode.map` files, the `pg_xact` and `pg_multixact` SLRUs, prepared
-//! transactions' state files, and the checkpoint from `pg_control`. A data directory
-//! with tablespaces in `pg_tblspc/` is refused.
+//! transactions' state files, `pg_control` itself (for basebackups) and the checkpoint
+//! from it. A data directory with tablespaces in `pg_tblspc/` is refused.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
@@ -148,6 +148,8 @@ pub fn import_data_dir(
         lsn,
         Value::Image(Bytes::copy_from_slice(checkpoint.as_bytes())),
     )?;
+    // The whole file: a basebackup rewrites it (system id, settings, sizes stay).
+    store.put(Key::control_file(), lsn, Value::Image(control.into()))?;
     Ok(report)
 }
 
