@@ -2,6 +2,8 @@
 //! throughput and a latency distribution.
 
 pub mod getpage;
+pub mod ingest;
+pub mod ingest_reads;
 pub mod quorum;
 pub mod report;
 pub mod wal;
