@@ -5,9 +5,13 @@
 //! - [`postgres`]: a local vanilla PostgreSQL 15 cluster (used by `tarn up` and tests).
 //! - [`up`]: `tarn up`, which runs a whole cluster in the foreground.
 //! - [`status`]: `tarn status`.
+//! - [`branch`] and [`endpoint`]: `tarn branch` (named timelines) and `tarn endpoint`
+//!   (computes booted on a branch from a pageserver basebackup).
 //! - [`layout`] and [`manifest`]: the cluster directory and its `tarn.json`.
 
+pub mod branch;
 mod command;
+pub mod endpoint;
 pub mod layout;
 pub mod manifest;
 mod os;

@@ -46,6 +46,81 @@ enum Command {
     Pageserver(PageserverArgs),
     /// Read one page (or a relation's size) from a pageserver, for debugging.
     Getpage(GetpageArgs),
+    /// A data directory as of an LSN from a pageserver, which vanilla PostgreSQL 15
+    /// boots with no WAL replay: a tar stream on stdout (`> backup.tar`), or unpacked
+    /// into a new directory with -D.
+    Basebackup(BasebackupArgs),
+    /// Named branches of a cluster's database: create one (from any branch, at any
+    /// LSN; nothing is copied) or list them.
+    Branch(BranchArgs),
+    /// Computes: vanilla Postgres booted on a branch from a pageserver basebackup.
+    Endpoint(EndpointArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct BranchArgs {
+    #[command(subcommand)]
+    action: BranchAction,
+}
+
+#[derive(Debug, Subcommand)]
+enum BranchAction {
+    /// Create branch NAME from a branch at an LSN (default: its newest).
+    Create {
+        name: String,
+        /// The parent branch.
+        #[arg(long, default_value = tarn_server::branch::MAIN)]
+        from: String,
+        /// The branch point (default: the newest LSN the pageserver ingested).
+        #[arg(long, conflicts_with = "time")]
+        lsn: Option<Lsn>,
+        /// Point-in-time: branch with what was committed at this time
+        /// ("YYYY-MM-DD HH:MM:SS[.ffffff][+HH[:MM]]", UTC by default, or @UNIX_SECONDS).
+        #[arg(long)]
+        time: Option<String>,
+        /// Cluster directory.
+        #[arg(long, default_value = "./tarn-data")]
+        dir: PathBuf,
+    },
+    /// Show the branch tree with branch points.
+    List {
+        /// Cluster directory.
+        #[arg(long, default_value = "./tarn-data")]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct EndpointArgs {
+    #[command(subcommand)]
+    action: EndpointAction,
+}
+
+#[derive(Debug, Subcommand)]
+enum EndpointAction {
+    /// Boot a fresh Postgres on BRANCH at its newest committed LSN.
+    Start {
+        branch: String,
+        /// The port Postgres listens on (127.0.0.1).
+        #[arg(long)]
+        port: u16,
+        /// Cluster directory.
+        #[arg(long, default_value = "./tarn-data")]
+        dir: PathBuf,
+    },
+    /// Stop the endpoint on BRANCH (Postgres, then its proposer).
+    Stop {
+        branch: String,
+        /// Cluster directory.
+        #[arg(long, default_value = "./tarn-data")]
+        dir: PathBuf,
+    },
+    /// List endpoints.
+    List {
+        /// Cluster directory.
+        #[arg(long, default_value = "./tarn-data")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -75,6 +150,30 @@ struct PageserverArgs {
     /// wal_log_hints was on at the base LSN.
     #[arg(long)]
     wal_log_hints: bool,
+    /// Executors the timelines are partitioned across (by branch tree).
+    #[arg(long, default_value_t = 1, value_parser = parse_core_count)]
+    cores: usize,
+    /// Allowed CPU to pin the first executor to.
+    #[arg(long, default_value_t = 0)]
+    first_cpu: usize,
+}
+
+#[derive(Debug, clap::Args)]
+struct BasebackupArgs {
+    /// The pageserver's address.
+    #[arg(long)]
+    pageserver: SocketAddr,
+    /// The timeline (default: the pageserver's only root timeline).
+    #[arg(long)]
+    timeline: Option<TimelineId>,
+    /// The LSN whose state the backup holds (default: the newest the pageserver
+    /// ingested).
+    #[arg(long)]
+    lsn: Option<Lsn>,
+    /// Unpack into this directory (created; it must not exist or be empty) instead of
+    /// writing the tar stream to stdout.
+    #[arg(short = 'D', long = "pgdata")]
+    pgdata: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -82,6 +181,9 @@ struct GetpageArgs {
     /// The pageserver's address.
     #[arg(long)]
     pageserver: SocketAddr,
+    /// The timeline to read (default: the pageserver's only root timeline).
+    #[arg(long)]
+    timeline: Option<TimelineId>,
     /// The relation as TABLESPACE/DATABASE/RELFILENODE oids, e.g. 1663/5/16384.
     #[arg(long, value_parser = parse_rel)]
     rel: RelFileNode,
@@ -148,6 +250,71 @@ enum LoadgenTarget {
     /// random historic LSNs; report latency and pages/s. With --pread-file, read the
     /// same blocks from a file instead (a baseline).
     Getpage(LoadgenGetpageArgs),
+    /// Ingest a real Postgres WAL into fresh page stores in process: WAL ingest MiB/s
+    /// per core, GetPage@LSN by deltas replayed (hot and cold) and the pushdown
+    /// threshold's effect, each against a baseline run side by side (benches/ingest.sh).
+    Ingest(LoadgenIngestArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct LoadgenIngestArgs {
+    /// The base: a cleanly shut down data directory (imported at its checkpoint).
+    #[arg(long)]
+    base_datadir: PathBuf,
+    /// `pg_controldata` output (C locale) of the base.
+    #[arg(long)]
+    controldata: PathBuf,
+    /// The pg_wal directory holding every record from the base's checkpoint on.
+    #[arg(long)]
+    wal_dir: PathBuf,
+    /// Where the last record must start (the final shutdown checkpoint).
+    #[arg(long)]
+    end_lsn: Option<Lsn>,
+    /// Directory for the stores (one per threshold).
+    #[arg(long)]
+    work_dir: PathBuf,
+    /// A relation to read at the latest LSN, as NAME=SPC/DB/REL (repeatable).
+    #[arg(long = "rel", value_parser = tarn_tools::loadgen::ingest::parse_named_rel)]
+    rels: Vec<(String, RelFileNode)>,
+    /// Pushdown thresholds to compare (deltas, or off), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "4,16,64,off", value_parser = tarn_tools::loadgen::ingest::Threshold::parse)]
+    thresholds: Vec<tarn_tools::loadgen::ingest::Threshold>,
+    /// The threshold of the store GetPage by chain length is measured on.
+    #[arg(long, default_value = "64", value_parser = tarn_tools::loadgen::ingest::Threshold::parse)]
+    chain_threshold: tarn_tools::loadgen::ingest::Threshold,
+    /// Deltas replayed per chain case, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "0,4,16")]
+    chain_lengths: Vec<u32>,
+    /// Image+deltas segments sampled for the chain cases.
+    #[arg(long, default_value_t = 300)]
+    chain_samples: usize,
+    /// Segments taken from one page at most.
+    #[arg(long, default_value_t = 4)]
+    max_segments_per_key: usize,
+    /// Hot passes over the chain sample.
+    #[arg(long, default_value_t = 20)]
+    hot_passes: usize,
+    /// Cold reads per chain case.
+    #[arg(long, default_value_t = 200)]
+    cold_reads: usize,
+    /// Blocks drawn per relation for the threshold sweep.
+    #[arg(long, default_value_t = 2000)]
+    sample_blocks: usize,
+    /// Hot passes over them.
+    #[arg(long, default_value_t = 3)]
+    sweep_passes: usize,
+    /// Of them, read this many cold.
+    #[arg(long, default_value_t = 200)]
+    cold_sample: usize,
+    /// Freeze, flush and compact when the open layer exceeds this (k and m suffixes).
+    #[arg(long, default_value = "32m", value_parser = tarn_tools::loadgen::wal::parse_byte_size)]
+    flush_at_bytes: usize,
+    /// Seed of every random choice.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Keep the stores in --work-dir.
+    #[arg(long)]
+    keep_stores: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -159,6 +326,9 @@ struct LoadgenGetpageArgs {
     /// own data file of the relation); --lsn is then ignored.
     #[arg(long, conflicts_with = "pageserver")]
     pread_file: Option<PathBuf>,
+    /// The timeline to read (default: the pageserver's only root timeline).
+    #[arg(long)]
+    timeline: Option<TimelineId>,
     /// Relation as SPC/DB/REL.
     #[arg(long, value_parser = parse_rel)]
     rel: RelFileNode,
@@ -313,6 +483,10 @@ struct ProposerArgs {
     /// Where the proposer writes its state for `tarn status`.
     #[arg(long)]
     state_file: Option<PathBuf>,
+    /// Where a timeline new to the safekeepers starts (the checkpoint LSN of a compute
+    /// booted from a basebackup); default: the start of Postgres's current segment.
+    #[arg(long)]
+    timeline_start: Option<Lsn>,
 }
 
 fn parse_safekeeper_ports(text: &str) -> Result<[u16; SAFEKEEPER_COUNT], String> {
@@ -444,13 +618,116 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Simulate(args) => run_simulation(args),
         Command::Pageserver(args) => run_pageserver_role(args),
         Command::Getpage(args) => run_getpage(args),
+        Command::Basebackup(args) => run_basebackup(args),
+        Command::Branch(args) => run_branch(args),
+        Command::Endpoint(args) => run_endpoint(args),
         Command::Loadgen(LoadgenArgs {
             target: LoadgenTarget::Wal(args),
         }) => run_wal_loadgen(args),
         Command::Loadgen(LoadgenArgs {
             target: LoadgenTarget::Getpage(args),
         }) => run_getpage_loadgen(args),
+        Command::Loadgen(LoadgenArgs {
+            target: LoadgenTarget::Ingest(args),
+        }) => run_ingest_loadgen(args),
     }
+}
+
+fn run_branch(args: BranchArgs) -> anyhow::Result<()> {
+    use tarn_server::branch::Branches;
+    use tarn_server::layout::ClusterLayout;
+    match args.action {
+        BranchAction::Create {
+            name,
+            from,
+            lsn,
+            time,
+            dir,
+        } => {
+            use tarn_server::branch::{BranchPoint, parse_time};
+            let point = match (lsn, time) {
+                (Some(lsn), _) => BranchPoint::Lsn(lsn),
+                (None, Some(text)) => BranchPoint::Time {
+                    unix_micros: parse_time(&text)?,
+                    text,
+                },
+                (None, None) => BranchPoint::Latest,
+            };
+            let mut branches = Branches::open(&ClusterLayout::new(dir))?;
+            let (branch, took) = branches.create(&name, &from, &point)?;
+            let (parent, at) = branch.parent.unwrap_or_default();
+            println!(
+                "created branch {name} (timeline {}) from {parent} at {at} in {:.1} ms",
+                branch.timeline_id,
+                took.as_secs_f64() * 1e3
+            );
+        }
+        BranchAction::List { dir } => {
+            let branches = Branches::open(&ClusterLayout::new(dir))?;
+            print!("{}", branches.render_tree()?);
+        }
+    }
+    Ok(())
+}
+
+fn run_endpoint(args: EndpointArgs) -> anyhow::Result<()> {
+    use tarn_server::endpoint;
+    use tarn_server::layout::ClusterLayout;
+    match args.action {
+        EndpointAction::Start { branch, port, dir } => {
+            let started = endpoint::start(&ClusterLayout::new(dir), &branch, port)?;
+            eprintln!(
+                "endpoint {} booted at {} in {:.0} ms",
+                started.name,
+                started.lsn,
+                started.boot.as_secs_f64() * 1e3
+            );
+            println!("psql \"{}\"", started.connstring);
+        }
+        EndpointAction::Stop { branch, dir } => {
+            endpoint::stop(&ClusterLayout::new(dir), &branch)?;
+        }
+        EndpointAction::List { dir } => {
+            for (record, running) in endpoint::list(&ClusterLayout::new(dir))? {
+                println!(
+                    "{}\tport {}\tbooted at {}\t{}",
+                    record.branch,
+                    record.port,
+                    record.lsn,
+                    if running { "running" } else { "stopped" }
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn run_ingest_loadgen(args: LoadgenIngestArgs) -> anyhow::Result<()> {
+    use tarn_tools::loadgen::ingest::{IngestBenchOptions, run};
+    let options = IngestBenchOptions {
+        base_datadir: args.base_datadir,
+        controldata: args.controldata,
+        wal_dir: args.wal_dir,
+        end_lsn: args.end_lsn,
+        work_dir: args.work_dir,
+        rels: args.rels,
+        thresholds: args.thresholds,
+        chain_threshold: args.chain_threshold,
+        chain_lengths: args.chain_lengths,
+        chain_samples: args.chain_samples,
+        max_segments_per_key: args.max_segments_per_key,
+        hot_passes: args.hot_passes,
+        cold_reads: args.cold_reads,
+        sample_blocks: args.sample_blocks,
+        sweep_passes: args.sweep_passes,
+        cold_sample: args.cold_sample,
+        flush_at_bytes: args.flush_at_bytes,
+        seed: args.seed,
+        keep_stores: args.keep_stores,
+    };
+    let report = run(&options)?;
+    print!("{}", report.render_markdown());
+    Ok(())
 }
 
 fn run_getpage_loadgen(args: LoadgenGetpageArgs) -> anyhow::Result<()> {
@@ -466,6 +743,7 @@ fn run_getpage_loadgen(args: LoadgenGetpageArgs) -> anyhow::Result<()> {
     };
     let options = GetPageLoadOptions {
         target,
+        timeline: args.timeline,
         rel: args.rel,
         fork: args.fork,
         blocks: args.blocks,
@@ -590,6 +868,8 @@ fn run_pageserver_role(args: PageserverArgs) -> anyhow::Result<()> {
                 wal_log_hints: args.wal_log_hints,
             },
             segment_size_bytes: POSTGRES_SEGMENT_SIZE_BYTES,
+            cores: args.cores,
+            first_cpu: args.first_cpu,
         },
         shutdown,
     )?;
@@ -603,12 +883,67 @@ const POSTGRES_SEGMENT_SIZE_BYTES: u64 = tarn_wal::proposer::service::POSTGRES_S
 /// for WAL to arrive).
 const GETPAGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// How long `tarn basebackup` waits for the pageserver between two pieces of the
+/// stream (the pageserver itself waits at most 10 s for WAL to arrive).
+const BASEBACKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+fn run_basebackup(args: BasebackupArgs) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use tarn_pages::basebackup::{DirectorySink, TarUnpacker};
+    use tarn_pages::service::client::PageserverClient;
+    use tarn_pages::service::protocol::Response;
+    let mut client = PageserverClient::connect(args.pageserver, BASEBACKUP_TIMEOUT)?;
+    let timeline = client.timeline_or_default(args.timeline)?;
+    let lsn = args.lsn.unwrap_or(Lsn::INVALID);
+    let answer = match &args.pgdata {
+        Some(dir) => {
+            let sink = DirectorySink::create(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            let mut unpacker = TarUnpacker::new(sink);
+            let answer = client.basebackup(timeline, lsn, &mut unpacker)?;
+            if matches!(answer, Response::BasebackupDone { .. }) {
+                unpacker.finish().with_context(|| {
+                    format!("cannot unpack the basebackup into {}", dir.display())
+                })?;
+            }
+            answer
+        }
+        None => {
+            let stdout = std::io::stdout();
+            anyhow::ensure!(
+                !stdout.is_terminal(),
+                "the basebackup is a tar stream: redirect stdout to a file (> backup.tar) or pass -D DIR"
+            );
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
+            let answer = client.basebackup(timeline, lsn, &mut out)?;
+            out.flush()
+                .context("cannot write the basebackup to stdout")?;
+            answer
+        }
+    };
+    match answer {
+        Response::BasebackupDone { lsn } => {
+            match &args.pgdata {
+                Some(dir) => eprintln!(
+                    "basebackup of timeline {timeline} at {lsn} unpacked into {}",
+                    dir.display()
+                ),
+                None => eprintln!("basebackup of timeline {timeline} at {lsn} written"),
+            }
+            Ok(())
+        }
+        Response::Error { code, message } => anyhow::bail!("pageserver: {code:?}: {message}"),
+        other => anyhow::bail!("unexpected answer {other:?}"),
+    }
+}
+
 fn run_getpage(args: GetpageArgs) -> anyhow::Result<()> {
     use std::io::Write as _;
     use tarn_pages::service::client::PageserverClient;
     use tarn_pages::service::protocol::{RelRequest, Request, Response};
     let mut client = PageserverClient::connect(args.pageserver, GETPAGE_TIMEOUT)?;
     let rel_request = RelRequest {
+        timeline: client.timeline_or_default(args.timeline)?,
         rel: args.rel,
         fork: args.fork,
         blk: args.block,
@@ -656,6 +991,7 @@ fn run_proposer_role(args: ProposerArgs) -> anyhow::Result<()> {
         timeline_id: args.timeline_id,
         application_name: args.application_name,
         state_file: args.state_file,
+        timeline_start: args.timeline_start,
     })?;
     Ok(())
 }
@@ -683,6 +1019,30 @@ mod tests {
         assert!(parse_host_port("sk-1.local:5433").is_ok());
         assert!(parse_host_port("127.0.0.1").is_err());
         assert!(parse_host_port(":5433").is_err());
+    }
+
+    #[test]
+    fn parses_loadgen_ingest() {
+        use tarn_tools::loadgen::ingest::Threshold;
+        let cli = Cli::try_parse_from(
+            "tarn loadgen ingest --base-datadir /b --controldata /c --wal-dir /w --work-dir /k \
+             --rel accounts=1663/5/16384 --rel history=1663/5/16390 --thresholds 4,off \
+             --chain-lengths 0,16 --flush-at-bytes 8m"
+                .split_whitespace(),
+        )
+        .expect("parses");
+        let Command::Loadgen(LoadgenArgs {
+            target: LoadgenTarget::Ingest(args),
+        }) = cli.command
+        else {
+            panic!("not loadgen ingest");
+        };
+        assert_eq!(args.thresholds, vec![Threshold::Deltas(4), Threshold::Off]);
+        assert_eq!(args.chain_lengths, vec![0, 16]);
+        assert_eq!(args.chain_threshold, Threshold::Deltas(64));
+        assert_eq!(args.rels.len(), 2);
+        assert_eq!(args.rels[1].1.rel_node, 16390);
+        assert_eq!(args.flush_at_bytes, 8 << 20);
     }
 
     #[test]
@@ -744,6 +1104,31 @@ mod tests {
                 "/x"
             ])
             .is_ok()
+        );
+    }
+
+    #[test]
+    fn parses_basebackup() {
+        let cli = Cli::try_parse_from([
+            "tarn",
+            "basebackup",
+            "--pageserver",
+            "127.0.0.1:55436",
+            "--lsn",
+            "0/3000028",
+            "-D",
+            "/tmp/backup",
+        ])
+        .expect("parses");
+        let Command::Basebackup(args) = cli.command else {
+            panic!("not basebackup");
+        };
+        assert_eq!(args.lsn, Some(Lsn(0x0300_0028)));
+        assert_eq!(args.pgdata, Some(PathBuf::from("/tmp/backup")));
+        assert!(args.timeline.is_none());
+        assert!(
+            Cli::try_parse_from(["tarn", "basebackup"]).is_err(),
+            "--pageserver is required"
         );
     }
 

@@ -501,6 +501,12 @@ impl PgCluster {
         result.map(|_| ())
     }
 
+    /// Leaves a server this handle started running when the handle is dropped (an
+    /// endpoint's Postgres outlives the command that started it).
+    pub fn detach(&mut self) {
+        self.started_here = false;
+    }
+
     /// True if the postmaster recorded in `postmaster.pid` is alive.
     pub fn is_running(&self) -> bool {
         self.postmaster_pid().is_some()
@@ -765,7 +771,8 @@ impl Drop for PgCluster {
 
 /// The user the server runs as: `Some(postgres)` when we are root, else `None` (the
 /// server runs as us).
-fn server_user() -> Result<Option<UserIds>, PostgresError> {
+/// The user Postgres runs as: `postgres` when we are root, else ourselves (`None`).
+pub(crate) fn server_user() -> Result<Option<UserIds>, PostgresError> {
     if !os::is_root() {
         return Ok(None);
     }

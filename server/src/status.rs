@@ -197,17 +197,19 @@ pub fn collect(dir: PathBuf) -> Result<ClusterStatus, StatusError> {
         postgres: postgres_status(&layout, &manifest),
         proposer_state: proposer_state(&layout),
         safekeepers,
-        pageserver: manifest.pageserver_port.map(query_pageserver),
+        pageserver: manifest
+            .pageserver_port
+            .map(|port| query_pageserver(port, manifest.timeline_id)),
         dir: layout.dir,
     })
 }
 
-fn query_pageserver(port: u16) -> PageserverReport {
+fn query_pageserver(port: u16, timeline: TimelineId) -> PageserverReport {
     use tarn_pages::service::client::PageserverClient;
     use tarn_pages::service::protocol::{Request, Response};
     let addr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port));
     let answer = PageserverClient::connect(addr, PAGESERVER_QUERY_TIMEOUT)
-        .and_then(|mut client| client.call(&Request::Status));
+        .and_then(|mut client| client.call(&Request::Status { timeline }));
     let (last_ingested_lsn, durable_lsn, getpage_deltas, error) = match answer {
         Ok(Response::Status {
             last_ingested_lsn,

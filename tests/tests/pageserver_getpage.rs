@@ -95,7 +95,9 @@ fn pageserver_serves_pages_of_committed_wal() {
     assert!(table.contains("deltas replayed per GetPage"), "{table}");
 
     let mut client = PageserverClient::connect(addr, CLIENT_TIMEOUT).expect("connect");
+    let timeline = client.timeline_or_default(None).expect("the main timeline");
     let at = |lsn: Lsn, blk: u32| RelRequest {
+        timeline,
         rel,
         fork: ForkNumber::Main,
         blk,
@@ -199,7 +201,7 @@ fn pageserver_serves_pages_of_committed_wal() {
         other => panic!("expected BadRequest, got {other:?}"),
     }
     assert!(matches!(
-        client.call(&Request::Status).expect("status"),
+        client.call(&Request::Status { timeline }).expect("status"),
         Response::Status { .. }
     ));
 
@@ -217,7 +219,7 @@ fn pageserver_serves_pages_of_committed_wal() {
     }
     let mut fresh = PageserverClient::connect(addr, CLIENT_TIMEOUT).expect("reconnect");
     assert!(matches!(
-        fresh.call(&Request::Status).expect("status"),
+        fresh.call(&Request::Status { timeline }).expect("status"),
         Response::Status { .. }
     ));
 

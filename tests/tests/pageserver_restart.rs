@@ -48,7 +48,8 @@ fn lsn(text: &str) -> Lsn {
 
 fn status(addr: SocketAddr) -> Option<(Lsn, GetPageStats)> {
     let mut client = PageserverClient::connect(addr, CLIENT_TIMEOUT).ok()?;
-    match client.call(&Request::Status).ok()? {
+    let timeline = client.timeline_or_default(None).ok()?;
+    match client.call(&Request::Status { timeline }).ok()? {
         Response::Status {
             last_ingested_lsn,
             getpage,
@@ -95,7 +96,9 @@ fn compare_relation(
         .join(rel.rel_node.to_string());
     let file = File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let file_blocks = (file.metadata().expect("stat").len() / BLCKSZ as u64) as u32;
+    let timeline = client.timeline_or_default(None).expect("the main timeline");
     let request = |blk| RelRequest {
+        timeline,
         rel,
         fork: ForkNumber::Main,
         blk,
@@ -301,8 +304,10 @@ fn pageserver_killed_while_ingesting_catches_up_with_equal_pages() {
     );
     // A read of a block past the end still gets a clear error.
     let accounts = rel_of(&pg, "pgbench_accounts");
+    let timeline = client.timeline_or_default(None).expect("the main timeline");
     match client
         .call(&Request::GetPage(RelRequest {
+            timeline,
             rel: accounts,
             fork: ForkNumber::Main,
             blk: u32::MAX - 1,

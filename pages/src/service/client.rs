@@ -6,7 +6,11 @@ use std::io::{self, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use super::protocol::{Request, Response, ServiceProtocolError, encode_request, read_response};
+use tarn_wal::TimelineId;
+
+use super::protocol::{
+    Request, Response, ServiceProtocolError, TimelineInfo, encode_request, read_response,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -16,6 +20,15 @@ pub enum ClientError {
     Send(io::Error),
     #[error("the pageserver's answer is bad: {0}")]
     Receive(#[from] ServiceProtocolError),
+    #[error("the pageserver answered {request} with {answer}")]
+    Unexpected {
+        request: &'static str,
+        answer: String,
+    },
+    #[error("{0}")]
+    NoDefaultTimeline(String),
+    #[error("writing what the pageserver sent failed: {0}")]
+    Output(io::Error),
 }
 
 pub struct PageserverClient {
@@ -56,5 +69,63 @@ impl PageserverClient {
     pub fn call(&mut self, request: &Request) -> Result<Response, ClientError> {
         self.send(request)?;
         self.receive()
+    }
+
+    /// Streams the basebackup of `timeline` at `lsn` (`Lsn::INVALID`: the newest
+    /// ingested) into `out`. Returns the final answer: `BasebackupDone` with the
+    /// backup's LSN, or the error the pageserver gave.
+    pub fn basebackup(
+        &mut self,
+        timeline: TimelineId,
+        lsn: tarn_wal::Lsn,
+        out: &mut dyn Write,
+    ) -> Result<Response, ClientError> {
+        self.send(&Request::Basebackup { timeline, lsn })?;
+        loop {
+            match self.receive()? {
+                Response::BasebackupChunk(bytes) => {
+                    out.write_all(&bytes).map_err(ClientError::Output)?
+                }
+                last => return Ok(last),
+            }
+        }
+    }
+
+    /// Every timeline the pageserver serves.
+    pub fn list_timelines(&mut self) -> Result<Vec<TimelineInfo>, ClientError> {
+        match self.call(&Request::ListTimelines)? {
+            Response::Timelines(timelines) => Ok(timelines),
+            other => Err(ClientError::Unexpected {
+                request: "ListTimelines",
+                answer: format!("{other:?}"),
+            }),
+        }
+    }
+
+    /// `timeline` if given, else the pageserver's only timeline that is not a branch
+    /// (what debugging tools read when not told otherwise).
+    pub fn timeline_or_default(
+        &mut self,
+        timeline: Option<TimelineId>,
+    ) -> Result<TimelineId, ClientError> {
+        if let Some(timeline) = timeline {
+            return Ok(timeline);
+        }
+        let roots: Vec<TimelineId> = self
+            .list_timelines()?
+            .into_iter()
+            .filter(|t| t.ancestor.is_none())
+            .map(|t| t.id)
+            .collect();
+        match roots[..] {
+            [only] => Ok(only),
+            [] => Err(ClientError::NoDefaultTimeline(
+                "the pageserver serves no timeline".into(),
+            )),
+            _ => Err(ClientError::NoDefaultTimeline(format!(
+                "the pageserver serves {} root timelines; name one with --timeline",
+                roots.len()
+            ))),
+        }
     }
 }

@@ -7,11 +7,23 @@
 //! magic is wrong cannot be resynchronised: the server answers it with an error and
 //! closes the connection.
 //!
-//! Requests (`kind`, body):
-//! - `1` GetPage, `2` RelSize, `3` RelExists: `spc u32 | db u32 | rel u32 | fork u8 |
-//!   blk u32 | lsn u64` (25 bytes; `blk` is ignored but for GetPage). `lsn == 0` means
-//!   "the newest LSN ingested".
-//! - `4` Status: empty body.
+//! Requests (`kind`, body); every request but ListTimelines names its timeline
+//! (`timeline u128`, first):
+//! - `1` GetPage, `2` RelSize, `3` RelExists: `timeline u128 | spc u32 | db u32 |
+//!   rel u32 | fork u8 | blk u32 | lsn u64` (41 bytes; `blk` is ignored but for
+//!   GetPage). `lsn == 0` means "the newest LSN ingested".
+//! - `4` Status: `timeline u128`.
+//! - `5` CreateBranch: `timeline u128 | branch u128 | lsn u64` — a new timeline
+//!   `branch` from `timeline` at `lsn` (0: the newest ingested); waits, as a read does,
+//!   until the parent's ingest reaches `lsn`. Answered with `0x85` BranchCreated
+//!   (`lsn u64`, the branch point).
+//! - `6` ListTimelines: empty body. Answered with `0x86` Timelines: `count u32`, then
+//!   per timeline `id u128 | has_ancestor u8 | ancestor u128 | branch lsn u64`.
+//! - `7` Basebackup: `timeline u128 | lsn u64` (0: the newest ingested) — a tar of a
+//!   data directory that vanilla Postgres 15 boots at `lsn` (see
+//!   [`crate::basebackup`]); waits, as a read does, for ingest to reach `lsn`.
+//!   Answered with any number of `0x87` BasebackupChunk frames (the tar's bytes, in
+//!   order), then `0x88` BasebackupDone (`lsn u64`, the backup's LSN) or an Error.
 //!
 //! Responses: `0x81` Page (8192 bytes), `0x82` Size (`u32` blocks), `0x83` Exists
 //! (`u8` 0/1), `0x84` Status (`last_ingested_lsn u64 | durable_lsn u64 |` the
@@ -22,33 +34,47 @@
 
 use std::io::{self, Read, Write};
 
-use tarn_wal::Lsn;
 use tarn_wal::decode::{ForkNumber, RelFileNode};
+use tarn_wal::{Lsn, TimelineId};
 
 use crate::BLCKSZ;
 use crate::reconstruct::{DELTA_BUCKETS, ReconstructMetrics};
 
-/// "TGP1": identifies a tarn GetPage frame.
-pub const SERVICE_MAGIC: u32 = 0x3150_4754;
+/// "TGP2": identifies a tarn GetPage frame (version 2: requests name a timeline).
+pub const SERVICE_MAGIC: u32 = 0x3250_4754;
 pub const FRAME_HEADER_BYTES: usize = 9;
 /// The largest body any frame has (a page); anything larger is refused unread.
 pub const MAX_FRAME_BODY_BYTES: usize = 64 * 1024;
-const REL_REQUEST_BODY_BYTES: usize = 25;
+const TIMELINE_BYTES: usize = 16;
+const REL_REQUEST_BODY_BYTES: usize = TIMELINE_BYTES + 25;
+const CREATE_BRANCH_BODY_BYTES: usize = 2 * TIMELINE_BYTES + 8;
+const TIMELINE_INFO_BYTES: usize = 2 * TIMELINE_BYTES + 1 + 8;
 const STATUS_BODY_BYTES: usize = 16 + 4 + 8 + 8 + 4 + 8 + 8 + 8 + 8 * DELTA_BUCKETS;
 
 const KIND_GET_PAGE: u8 = 1;
 const KIND_REL_SIZE: u8 = 2;
 const KIND_REL_EXISTS: u8 = 3;
 const KIND_STATUS: u8 = 4;
+const KIND_CREATE_BRANCH: u8 = 5;
+const KIND_LIST_TIMELINES: u8 = 6;
+const KIND_BASEBACKUP: u8 = 7;
 const KIND_PAGE: u8 = 0x81;
 const KIND_SIZE: u8 = 0x82;
 const KIND_EXISTS: u8 = 0x83;
 const KIND_STATUS_REPLY: u8 = 0x84;
+const KIND_BRANCH_CREATED: u8 = 0x85;
+const KIND_TIMELINES: u8 = 0x86;
+const KIND_BASEBACKUP_CHUNK: u8 = 0x87;
+const KIND_BASEBACKUP_DONE: u8 = 0x88;
+/// The most tar bytes one BasebackupChunk carries.
+pub const BASEBACKUP_CHUNK_BYTES: usize = 64 * 1024 - 64;
+const BASEBACKUP_BODY_BYTES: usize = TIMELINE_BYTES + 8;
 const KIND_ERROR: u8 = 0xFF;
 
 /// A relation fork at an LSN, and a block of it for GetPage.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RelRequest {
+    pub timeline: TimelineId,
     pub rel: RelFileNode,
     pub fork: ForkNumber,
     pub blk: u32,
@@ -61,7 +87,22 @@ pub enum Request {
     GetPage(RelRequest),
     RelSize(RelRequest),
     RelExists(RelRequest),
-    Status,
+    Status {
+        timeline: TimelineId,
+    },
+    /// A new timeline `branch` from `timeline` at `lsn` (`Lsn::INVALID`: the newest
+    /// ingested).
+    CreateBranch {
+        timeline: TimelineId,
+        branch: TimelineId,
+        lsn: Lsn,
+    },
+    ListTimelines,
+    /// A tar of a data directory at `lsn` (`Lsn::INVALID`: the newest ingested).
+    Basebackup {
+        timeline: TimelineId,
+        lsn: Lsn,
+    },
 }
 
 impl Request {
@@ -69,9 +110,29 @@ impl Request {
     pub fn lsn(&self) -> Option<Lsn> {
         match self {
             Request::GetPage(r) | Request::RelSize(r) | Request::RelExists(r) => Some(r.lsn),
-            Request::Status => None,
+            Request::CreateBranch { lsn, .. } | Request::Basebackup { lsn, .. } => Some(*lsn),
+            Request::Status { .. } | Request::ListTimelines => None,
         }
     }
+
+    /// The timeline the request is about (the parent for CreateBranch).
+    pub fn timeline(&self) -> Option<TimelineId> {
+        match self {
+            Request::GetPage(r) | Request::RelSize(r) | Request::RelExists(r) => Some(r.timeline),
+            Request::Status { timeline }
+            | Request::CreateBranch { timeline, .. }
+            | Request::Basebackup { timeline, .. } => Some(*timeline),
+            Request::ListTimelines => None,
+        }
+    }
+}
+
+/// A timeline as ListTimelines reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimelineInfo {
+    pub id: TimelineId,
+    /// `(parent, branch LSN)` of a branch.
+    pub ancestor: Option<(TimelineId, Lsn)>,
 }
 
 /// Why a request failed, as carried on the wire.
@@ -89,6 +150,15 @@ pub enum ErrorCode {
     Internal = 5,
     /// The server has too much to do; retry later.
     Overloaded = 6,
+    /// No such timeline on this pageserver.
+    TimelineNotFound = 7,
+}
+
+impl Response {
+    /// Whether more responses to the same request follow this one.
+    pub fn continues(&self) -> bool {
+        matches!(self, Response::BasebackupChunk(_))
+    }
 }
 
 impl ErrorCode {
@@ -100,6 +170,7 @@ impl ErrorCode {
             4 => ErrorCode::BeyondEof,
             5 => ErrorCode::Internal,
             6 => ErrorCode::Overloaded,
+            7 => ErrorCode::TimelineNotFound,
             _ => return None,
         })
     }
@@ -115,6 +186,16 @@ pub enum Response {
         durable_lsn: Lsn,
         /// Deltas replayed per GetPage since the server started.
         getpage: GetPageStats,
+    },
+    BranchCreated {
+        lsn: Lsn,
+    },
+    Timelines(Vec<TimelineInfo>),
+    /// The next piece of a basebackup's tar.
+    BasebackupChunk(bytes::Bytes),
+    /// The basebackup is complete; it holds the state at `lsn`.
+    BasebackupDone {
+        lsn: Lsn,
     },
     Error {
         code: ErrorCode,
@@ -146,6 +227,8 @@ pub enum ServiceProtocolError {
     },
     #[error("unknown fork number {fork}")]
     BadFork { fork: u8 },
+    #[error("timeline list of {count} entries does not fit a {len}-byte body")]
+    BadTimelineCount { count: u32, len: usize },
     #[error("unknown error code {code}")]
     BadErrorCode { code: u8 },
     #[error("connection closed by peer")]
@@ -181,9 +264,28 @@ pub fn encode_request(req: &Request) -> Vec<u8> {
         Request::GetPage(r) => (KIND_GET_PAGE, r),
         Request::RelSize(r) => (KIND_REL_SIZE, r),
         Request::RelExists(r) => (KIND_REL_EXISTS, r),
-        Request::Status => return frame(KIND_STATUS, &[]),
+        Request::Status { timeline } => return frame(KIND_STATUS, &timeline.0.to_le_bytes()),
+        Request::CreateBranch {
+            timeline,
+            branch,
+            lsn,
+        } => {
+            let mut body = Vec::with_capacity(CREATE_BRANCH_BODY_BYTES);
+            body.extend_from_slice(&timeline.0.to_le_bytes());
+            body.extend_from_slice(&branch.0.to_le_bytes());
+            body.extend_from_slice(&lsn.0.to_le_bytes());
+            return frame(KIND_CREATE_BRANCH, &body);
+        }
+        Request::ListTimelines => return frame(KIND_LIST_TIMELINES, &[]),
+        Request::Basebackup { timeline, lsn } => {
+            let mut body = Vec::with_capacity(BASEBACKUP_BODY_BYTES);
+            body.extend_from_slice(&timeline.0.to_le_bytes());
+            body.extend_from_slice(&lsn.0.to_le_bytes());
+            return frame(KIND_BASEBACKUP, &body);
+        }
     };
     let mut body = Vec::with_capacity(REL_REQUEST_BODY_BYTES);
+    body.extend_from_slice(&r.timeline.0.to_le_bytes());
     body.extend_from_slice(&r.rel.spc_node.to_le_bytes());
     body.extend_from_slice(&r.rel.db_node.to_le_bytes());
     body.extend_from_slice(&r.rel.rel_node.to_le_bytes());
@@ -219,6 +321,21 @@ pub fn encode_response(resp: &Response) -> Vec<u8> {
             }
             frame(KIND_STATUS_REPLY, &body)
         }
+        Response::BranchCreated { lsn } => frame(KIND_BRANCH_CREATED, &lsn.0.to_le_bytes()),
+        Response::BasebackupChunk(bytes) => frame(KIND_BASEBACKUP_CHUNK, bytes),
+        Response::BasebackupDone { lsn } => frame(KIND_BASEBACKUP_DONE, &lsn.0.to_le_bytes()),
+        Response::Timelines(timelines) => {
+            let mut body = Vec::with_capacity(4 + TIMELINE_INFO_BYTES * timelines.len());
+            body.extend_from_slice(&(timelines.len() as u32).to_le_bytes());
+            for info in timelines {
+                let (parent, lsn) = info.ancestor.unwrap_or((TimelineId(0), Lsn(0)));
+                body.extend_from_slice(&info.id.0.to_le_bytes());
+                body.push(u8::from(info.ancestor.is_some()));
+                body.extend_from_slice(&parent.0.to_le_bytes());
+                body.extend_from_slice(&lsn.0.to_le_bytes());
+            }
+            frame(KIND_TIMELINES, &body)
+        }
         Response::Error { code, message } => {
             let mut body = vec![*code as u8];
             body.extend_from_slice(message.as_bytes());
@@ -237,6 +354,12 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(v)
 }
 
+fn u128_at(b: &[u8], at: usize) -> u128 {
+    let mut v = [0u8; 16];
+    v.copy_from_slice(&b[at..at + 16]);
+    u128::from_le_bytes(v)
+}
+
 fn expect_len(kind: u8, body: &[u8], expected: usize) -> Result<(), ServiceProtocolError> {
     if body.len() != expected {
         return Err(ServiceProtocolError::BadLength {
@@ -249,25 +372,49 @@ fn expect_len(kind: u8, body: &[u8], expected: usize) -> Result<(), ServiceProto
 }
 
 pub fn decode_request(kind: u8, body: &[u8]) -> Result<Request, ServiceProtocolError> {
-    if kind == KIND_STATUS {
-        expect_len(kind, body, 0)?;
-        return Ok(Request::Status);
-    }
-    if !matches!(kind, KIND_GET_PAGE | KIND_REL_SIZE | KIND_REL_EXISTS) {
-        return Err(ServiceProtocolError::UnknownKind { kind });
+    match kind {
+        KIND_STATUS => {
+            expect_len(kind, body, TIMELINE_BYTES)?;
+            return Ok(Request::Status {
+                timeline: TimelineId(u128_at(body, 0)),
+            });
+        }
+        KIND_CREATE_BRANCH => {
+            expect_len(kind, body, CREATE_BRANCH_BODY_BYTES)?;
+            return Ok(Request::CreateBranch {
+                timeline: TimelineId(u128_at(body, 0)),
+                branch: TimelineId(u128_at(body, 16)),
+                lsn: Lsn(u64_at(body, 32)),
+            });
+        }
+        KIND_LIST_TIMELINES => {
+            expect_len(kind, body, 0)?;
+            return Ok(Request::ListTimelines);
+        }
+        KIND_BASEBACKUP => {
+            expect_len(kind, body, BASEBACKUP_BODY_BYTES)?;
+            return Ok(Request::Basebackup {
+                timeline: TimelineId(u128_at(body, 0)),
+                lsn: Lsn(u64_at(body, 16)),
+            });
+        }
+        KIND_GET_PAGE | KIND_REL_SIZE | KIND_REL_EXISTS => {}
+        _ => return Err(ServiceProtocolError::UnknownKind { kind }),
     }
     expect_len(kind, body, REL_REQUEST_BODY_BYTES)?;
+    let rel = &body[TIMELINE_BYTES..];
     let fork =
-        ForkNumber::from_u8(body[12]).ok_or(ServiceProtocolError::BadFork { fork: body[12] })?;
+        ForkNumber::from_u8(rel[12]).ok_or(ServiceProtocolError::BadFork { fork: rel[12] })?;
     let r = RelRequest {
+        timeline: TimelineId(u128_at(body, 0)),
         rel: RelFileNode {
-            spc_node: u32_at(body, 0),
-            db_node: u32_at(body, 4),
-            rel_node: u32_at(body, 8),
+            spc_node: u32_at(rel, 0),
+            db_node: u32_at(rel, 4),
+            rel_node: u32_at(rel, 8),
         },
         fork,
-        blk: u32_at(body, 13),
-        lsn: Lsn(u64_at(body, 17)),
+        blk: u32_at(rel, 13),
+        lsn: Lsn(u64_at(rel, 17)),
     };
     Ok(match kind {
         KIND_GET_PAGE => Request::GetPage(r),
@@ -314,6 +461,46 @@ pub fn decode_response(kind: u8, body: &[u8]) -> Result<Response, ServiceProtoco
                     },
                 },
             })
+        }
+        KIND_BASEBACKUP_CHUNK => Ok(Response::BasebackupChunk(bytes::Bytes::copy_from_slice(
+            body,
+        ))),
+        KIND_BASEBACKUP_DONE => {
+            expect_len(kind, body, 8)?;
+            Ok(Response::BasebackupDone {
+                lsn: Lsn(u64_at(body, 0)),
+            })
+        }
+        KIND_BRANCH_CREATED => {
+            expect_len(kind, body, 8)?;
+            Ok(Response::BranchCreated {
+                lsn: Lsn(u64_at(body, 0)),
+            })
+        }
+        KIND_TIMELINES => {
+            if body.len() < 4 {
+                return Err(ServiceProtocolError::BadLength {
+                    kind,
+                    expected: 4,
+                    len: body.len(),
+                });
+            }
+            let count = u32_at(body, 0);
+            if (body.len() - 4) != count as usize * TIMELINE_INFO_BYTES {
+                return Err(ServiceProtocolError::BadTimelineCount {
+                    count,
+                    len: body.len(),
+                });
+            }
+            let timelines = body[4..]
+                .chunks_exact(TIMELINE_INFO_BYTES)
+                .map(|entry| TimelineInfo {
+                    id: TimelineId(u128_at(entry, 0)),
+                    ancestor: (entry[16] != 0)
+                        .then(|| (TimelineId(u128_at(entry, 17)), Lsn(u64_at(entry, 33)))),
+                })
+                .collect();
+            Ok(Response::Timelines(timelines))
         }
         KIND_ERROR => {
             let (&code, text) = body.split_first().ok_or(ServiceProtocolError::BadLength {
@@ -380,6 +567,7 @@ mod tests {
 
     fn rel_request() -> RelRequest {
         RelRequest {
+            timeline: TimelineId(0xABCD_0123_4567_89EF_0011_2233_4455_6677),
             rel: RelFileNode {
                 spc_node: 1663,
                 db_node: 5,
@@ -397,7 +585,19 @@ mod tests {
             Request::GetPage(rel_request()),
             Request::RelSize(rel_request()),
             Request::RelExists(rel_request()),
-            Request::Status,
+            Request::Status {
+                timeline: TimelineId(7),
+            },
+            Request::CreateBranch {
+                timeline: TimelineId(7),
+                branch: TimelineId(u128::MAX),
+                lsn: Lsn(0x1_0000_0028),
+            },
+            Request::ListTimelines,
+            Request::Basebackup {
+                timeline: TimelineId(3),
+                lsn: Lsn(0x2_0000_0100),
+            },
         ] {
             let bytes = encode_request(&req);
             let (kind, body) = read_frame(&mut &bytes[..]).expect("frame");
@@ -429,9 +629,27 @@ mod tests {
                     },
                 },
             },
+            Response::BranchCreated { lsn: Lsn(99) },
+            Response::BasebackupChunk(bytes::Bytes::from_static(b"ustar")),
+            Response::BasebackupDone { lsn: Lsn(0x40) },
+            Response::Timelines(vec![]),
+            Response::Timelines(vec![
+                TimelineInfo {
+                    id: TimelineId(1),
+                    ancestor: None,
+                },
+                TimelineInfo {
+                    id: TimelineId(2),
+                    ancestor: Some((TimelineId(1), Lsn(0x40))),
+                },
+            ]),
             Response::Error {
                 code: ErrorCode::Timeout,
                 message: "late".into(),
+            },
+            Response::Error {
+                code: ErrorCode::TimelineNotFound,
+                message: "no".into(),
             },
         ] {
             let bytes = encode_response(&resp);
@@ -454,7 +672,7 @@ mod tests {
             Err(ServiceProtocolError::BadLength { .. })
         ));
         let mut body = vec![0u8; REL_REQUEST_BODY_BYTES];
-        body[12] = 9;
+        body[TIMELINE_BYTES + 12] = 9;
         assert!(matches!(
             decode_request(KIND_GET_PAGE, &body),
             Err(ServiceProtocolError::BadFork { fork: 9 })
@@ -462,6 +680,15 @@ mod tests {
         assert!(matches!(
             decode_request(0x42, &[]),
             Err(ServiceProtocolError::UnknownKind { kind: 0x42 })
+        ));
+        let mut short = encode_response(&Response::Timelines(vec![TimelineInfo {
+            id: TimelineId(1),
+            ancestor: None,
+        }]));
+        short[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + 4].copy_from_slice(&2u32.to_le_bytes());
+        assert!(matches!(
+            read_response(&mut &short[..]),
+            Err(ServiceProtocolError::BadTimelineCount { count: 2, .. })
         ));
         let mut huge = frame(KIND_STATUS, &[]);
         huge[5..9].copy_from_slice(&u32::MAX.to_le_bytes());

@@ -25,8 +25,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tarn_pages::BLCKSZ;
 use tarn_pages::service::client::{ClientError, PageserverClient};
 use tarn_pages::service::protocol::{RelRequest, Request, Response};
-use tarn_wal::Lsn;
 use tarn_wal::decode::{ForkNumber, RelFileNode};
+use tarn_wal::{Lsn, TimelineId};
 
 use super::report::{GetPageLoadReport, LatencyHistogram};
 
@@ -57,6 +57,8 @@ pub enum Target {
 #[derive(Clone, Debug)]
 pub struct GetPageLoadOptions {
     pub target: Target,
+    /// The timeline to read; `None`: the pageserver's only root timeline.
+    pub timeline: Option<TimelineId>,
     pub rel: RelFileNode,
     pub fork: ForkNumber,
     /// Blocks to draw from; `None`: the relation's size (at the latest LSN, or at
@@ -79,6 +81,7 @@ impl Default for GetPageLoadOptions {
     fn default() -> Self {
         GetPageLoadOptions {
             target: Target::Pageserver(String::new()),
+            timeline: None,
             rel: RelFileNode::default(),
             fork: ForkNumber::Main,
             blocks: None,
@@ -251,8 +254,10 @@ impl Window {
     }
 }
 
+#[allow(clippy::too_many_arguments)] // one worker's whole setup, passed once
 fn run_pageserver_worker(
     mut client: PageserverClient,
+    timeline: TimelineId,
     rel: RelFileNode,
     fork: ForkNumber,
     selection: Selection,
@@ -272,6 +277,7 @@ fn run_pageserver_worker(
             }
             let (blk, lsn) = selection.pick(&mut rng);
             let request = Request::GetPage(RelRequest {
+                timeline,
                 rel,
                 fork,
                 blk,
@@ -349,7 +355,7 @@ pub fn run(options: &GetPageLoadOptions) -> Result<GetPageLoadReport, GetPageLoa
 
     // Resolve the target, the relation's size and the latest LSN.
     enum Resolved {
-        Pageserver(SocketAddr),
+        Pageserver(SocketAddr, TimelineId),
         File(File),
     }
     let (resolved, blocks, latest, target_name) = match &options.target {
@@ -366,7 +372,8 @@ pub fn run(options: &GetPageLoadOptions) -> Result<GetPageLoadReport, GetPageLoa
                     detail: "no address".into(),
                 })?;
             let mut client = connect(addr)?;
-            let latest = match client.call(&Request::Status)? {
+            let timeline = client.timeline_or_default(options.timeline)?;
+            let latest = match client.call(&Request::Status { timeline })? {
                 Response::Status {
                     last_ingested_lsn, ..
                 } => last_ingested_lsn,
@@ -380,6 +387,7 @@ pub fn run(options: &GetPageLoadOptions) -> Result<GetPageLoadReport, GetPageLoa
                         LsnMode::Historic { min } => min,
                     };
                     match client.call(&Request::RelSize(RelRequest {
+                        timeline,
                         rel: options.rel,
                         fork: options.fork,
                         blk: 0,
@@ -391,7 +399,7 @@ pub fn run(options: &GetPageLoadOptions) -> Result<GetPageLoadReport, GetPageLoa
                 }
             };
             (
-                Resolved::Pageserver(addr),
+                Resolved::Pageserver(addr, timeline),
                 blocks,
                 latest,
                 format!("pageserver {addr_text}"),
@@ -423,13 +431,13 @@ pub fn run(options: &GetPageLoadOptions) -> Result<GetPageLoadReport, GetPageLoa
     };
     let lsn_mode = match resolved {
         Resolved::File(_) => LsnMode::Latest,
-        Resolved::Pageserver(_) => options.lsn,
+        Resolved::Pageserver(..) => options.lsn,
     };
     let selection = Selection::new(blocks, options.hot_set, lsn_mode, latest).map_err(invalid)?;
 
     // Connect every worker before any starts, so they measure the same window.
     let mut clients = Vec::new();
-    if let Resolved::Pageserver(addr) = &resolved {
+    if let Resolved::Pageserver(addr, _) = &resolved {
         for _ in 0..options.concurrency {
             clients.push(connect(*addr)?);
         }
@@ -450,14 +458,15 @@ pub fn run(options: &GetPageLoadOptions) -> Result<GetPageLoadReport, GetPageLoa
             let rng = Rng::new(seed.wrapping_add((i as u64).wrapping_mul(0x1000_0001)));
             let window = window(i);
             let handle = match &resolved {
-                Resolved::Pageserver(_) => {
+                Resolved::Pageserver(_, timeline) => {
                     let client = clients.pop().expect("one client per worker");
                     let (rel, fork, pipeline) = (options.rel, options.fork, options.pipeline);
+                    let timeline = *timeline;
                     thread::Builder::new()
                         .name(format!("getpage-{i}"))
                         .spawn_scoped(scope, move || {
                             run_pageserver_worker(
-                                client, rel, fork, selection, rng, pipeline, window,
+                                client, timeline, rel, fork, selection, rng, pipeline, window,
                             )
                         })
                 }

@@ -55,6 +55,11 @@ pub struct ProposerConfig {
     pub application_name: String,
     /// Where to publish the proposer's state as JSON for `tarn status`.
     pub state_file: Option<PathBuf>,
+    /// Where a timeline the safekeepers do not hold yet starts: the LSN of the first
+    /// record of a compute booted from a basebackup (a branch). `None`: the start of
+    /// the segment holding Postgres's current position (a cluster fresh from initdb,
+    /// whose `pg_wal` holds that whole segment).
+    pub timeline_start: Option<Lsn>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -154,10 +159,11 @@ pub fn run(config: ProposerConfig) -> Result<(), ProposerError> {
         pg_version,
         segment_size_bytes: POSTGRES_SEGMENT_SIZE_BYTES,
         // A new timeline starts at the segment holding Postgres's current position, so
-        // the safekeepers' segments line up byte for byte with pg_wal.
-        initial_timeline_start: Lsn(
+        // the safekeepers' segments line up byte for byte with pg_wal; a compute booted
+        // from a basebackup has WAL only from its checkpoint record on.
+        initial_timeline_start: config.timeline_start.unwrap_or(Lsn(
             identity.xlogpos.0 - identity.xlogpos.0 % POSTGRES_SEGMENT_SIZE_BYTES
-        ),
+        )),
         safekeeper_count: config.safekeepers.len(),
         max_in_flight_bytes: 16 << 20,
         max_buffered_wal_bytes: 256 << 20,
