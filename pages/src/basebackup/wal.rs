@@ -38,25 +38,6 @@ pub const XLOG_CHECKPOINT_SHUTDOWN: u8 = 0x00;
 /// XLOG_BLCKSZ as a `usize`.
 const PAGE_BYTES: usize = XLOG_BLCKSZ as usize;
 
-/// Field offsets in CheckPoint (pg_control.h, 64-bit, with padding).
-mod checkpoint_offsets {
-    pub const REDO: usize = 0;
-    pub const THIS_TIMELINE: usize = 8;
-    pub const PREV_TIMELINE: usize = 12;
-    pub const FULL_PAGE_WRITES: usize = 16;
-    pub const NEXT_XID: usize = 24;
-    pub const NEXT_OID: usize = 32;
-    pub const NEXT_MULTI: usize = 36;
-    pub const NEXT_MULTI_OFFSET: usize = 40;
-    pub const OLDEST_XID: usize = 44;
-    pub const OLDEST_XID_DB: usize = 48;
-    pub const OLDEST_MULTI: usize = 52;
-    pub const OLDEST_MULTI_DB: usize = 56;
-    pub const TIME: usize = 64;
-    pub const OLDEST_COMMIT_TS_XID: usize = 72;
-    pub const NEWEST_COMMIT_TS_XID: usize = 76;
-    pub const OLDEST_ACTIVE_XID: usize = 80;
-}
 
 /// The size of the page header of the page holding `lsn`.
 fn page_header_bytes(lsn: u64, segment_size_bytes: u64) -> u64 {
@@ -88,7 +69,7 @@ pub fn shutdown_checkpoint(
     record_lsn: Lsn,
     time: i64,
 ) -> [u8; SIZE_OF_CHECKPOINT] {
-    use checkpoint_offsets::*;
+    use crate::ingest::checkpoint_offsets::*;
     let mut out = [0u8; SIZE_OF_CHECKPOINT];
     let mut put = |at: usize, bytes: &[u8]| out[at..at + bytes.len()].copy_from_slice(bytes);
     put(REDO, &record_lsn.0.to_le_bytes());

@@ -7,7 +7,8 @@
 //! - applies the rmgr's effects that have no block reference: CLOG bits of commits and
 //!   aborts (with subtransactions, and of COMMIT/ABORT_PREPARED), dropped relations,
 //!   prepared transactions' state files, smgr create and truncate (with the visibility
-//!   map's last page), CLOG and multixact pages (ZEROPAGE, CREATE_ID), relmap files,
+//!   map's last page), CLOG and multixact pages (ZEROPAGE, CREATE_ID) and the removal
+//!   of their segments (CLOG/TRUNCATE, MultiXact/TRUNCATE_ID), relmap files,
 //!   CREATE DATABASE (WAL_LOG: the directory; FILE_COPY: every page of the template
 //!   copied at this LSN), DROP DATABASE, the checkpoint counters, and the visibility
 //!   map bits heap records clear;
@@ -20,8 +21,7 @@
 //!   become one delta list), then the changed sizes and directories.
 //!
 //! Record types with page effects tarn cannot reproduce are an
-//! [`IngestError::Unsupported`] naming type and LSN: CLOG/TRUNCATE and
-//! MultiXact/TRUNCATE_ID (segment removal, not implemented yet), Tablespace records
+//! [`IngestError::Unsupported`] naming type and LSN: Tablespace records
 //! and databases outside pg_default, CommitTs (pg_commit_ts is not kept), the Hash,
 //! Gin, Gist, SPGist, BRIN and Generic rmgrs and custom rmgrs (no native redo), and any
 //! block reference of a record type [`crate::redo`] cannot replay. The ones with no
@@ -86,6 +86,7 @@ pub use delta::{
     delta_records, encode_delta,
 };
 pub use records::ParseError;
+pub(crate) use values::checkpoint_offsets;
 pub use values::{
     CheckpointState, DbDir, RelDir, SIZE_OF_CHECKPOINT, SizeValue, SlruDir, TwoPhaseDir, ValueError,
 };
@@ -209,6 +210,8 @@ pub struct IngestStats {
     /// Full-page images stored from BKPIMAGE_APPLY block references.
     pub wal_images: u64,
     pub synthesized_deltas: u64,
+    /// Zero pages written below a block that extends a relation, or below an SLRU
+    /// page that extends (or recreates) its segment.
     pub zero_pages_for_extension: u64,
     pub vm_pages_for_extension: u64,
     pub implicit_vm_clears: u64,
@@ -218,6 +221,13 @@ pub struct IngestStats {
     pub hint_blocks_without_image: u64,
     pub clog_updates: u64,
     pub multixacts: u64,
+    /// CLOG/TRUNCATE and MultiXact/TRUNCATE_ID records applied.
+    pub slru_truncations: u64,
+    /// SLRU segments those removed.
+    pub slru_segments_removed: u64,
+    /// Truncations of an SLRU whose latest page precedes the cutoff: Postgres refuses
+    /// them ("apparent wraparound") and so does ingest.
+    pub slru_truncations_refused: u64,
     pub relations_created: u64,
     pub relations_truncated: u64,
     pub relations_dropped: u64,
@@ -307,6 +317,8 @@ pub struct Ingester {
     db_dir: Option<DbDir>,
     slru_dirs: HashMap<SlruKind, SlruDir>,
     slru_sizes: HashMap<(SlruKind, u32), Option<u32>>,
+    /// Each SLRU's latest_page_number (SimpleLruZeroPage's last page), once known.
+    slru_latest_pages: HashMap<SlruKind, u32>,
     twophase_dir: Option<TwoPhaseDir>,
     checkpoint: Option<CheckpointState>,
     multixact: MultiXactReplay,
@@ -369,6 +381,7 @@ impl Ingester {
             db_dir: None,
             slru_dirs: HashMap::new(),
             slru_sizes: HashMap::new(),
+            slru_latest_pages: HashMap::new(),
             twophase_dir: None,
             checkpoint: None,
             multixact: MultiXactReplay::default(),
@@ -453,6 +466,7 @@ impl Ingester {
         self.db_dir = None;
         self.slru_dirs.clear();
         self.slru_sizes.clear();
+        self.slru_latest_pages.clear();
         self.twophase_dir = None;
         self.checkpoint = None;
         self.dirty_sizes.clear();

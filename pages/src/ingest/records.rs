@@ -324,6 +324,46 @@ pub fn parse_pageno(record: &DecodedRecord) -> Result<u32, ParseError> {
     Fields::new(record).u32("pageno")
 }
 
+/// xl_clog_truncate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClogTruncate {
+    /// The cutoff page: segments wholly before it go.
+    pub pageno: u32,
+    pub oldest_xact: u32,
+    pub oldest_xact_db: u32,
+}
+
+pub fn parse_clog_truncate(record: &DecodedRecord) -> Result<ClogTruncate, ParseError> {
+    let mut fields = Fields::new(record);
+    Ok(ClogTruncate {
+        pageno: fields.u32("pageno")?,
+        oldest_xact: fields.u32("oldestXact")?,
+        oldest_xact_db: fields.u32("oldestXactDb")?,
+    })
+}
+
+/// xl_multixact_truncate: the offsets to remove are those of multixacts
+/// [start_off, end_off), the members those at offsets [start_memb, end_memb).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MultiXactTruncate {
+    pub oldest_multi_db: u32,
+    pub start_off: u32,
+    pub end_off: u32,
+    pub start_memb: u32,
+    pub end_memb: u32,
+}
+
+pub fn parse_multixact_truncate(record: &DecodedRecord) -> Result<MultiXactTruncate, ParseError> {
+    let mut fields = Fields::new(record);
+    Ok(MultiXactTruncate {
+        oldest_multi_db: fields.u32("oldestMultiDB")?,
+        start_off: fields.u32("startTruncOff")?,
+        end_off: fields.u32("endTruncOff")?,
+        start_memb: fields.u32("startTruncMemb")?,
+        end_memb: fields.u32("endTruncMemb")?,
+    })
+}
+
 /// xl_multixact_create.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MultiXactCreate {

@@ -17,6 +17,8 @@ use crate::reconstruct::{PageReader, ReconstructError, get_page_at_lsn, get_rel_
 use crate::store::StoreConfig;
 use crate::vm::VISIBILITYMAP_VALID_BITS;
 
+mod truncation;
+
 struct TempDir(PathBuf);
 
 impl TempDir {
@@ -680,9 +682,9 @@ fn records_tarn_cannot_redo_are_errors_naming_type_and_lsn() {
         Err(ReconstructError::RelationNotFound { .. })
     ));
     let error = h
-        .ingest(0, RM_CLOG_ID, CLOG_TRUNCATE, &[], &le(&[0, 0, 0]))
-        .expect_err("CLOG truncation is not implemented");
-    assert!(error.to_string().contains("CLOG/TRUNCATE"), "{error}");
+        .ingest(0, RM_COMMIT_TS_ID, 0x00, &[], &le(&[0]))
+        .expect_err("pg_commit_ts is not kept");
+    assert!(error.to_string().contains("CommitTs/ZEROPAGE"), "{error}");
     // Records without page effects pass.
     h.ok(0, RM_STANDBY_ID, 0x10, &[], &[0u8; 24]);
     assert!(no_page_effects(RM_STANDBY_ID, 0x10));

@@ -220,7 +220,7 @@ pub struct CheckpointState {
 }
 
 /// Field offsets in CheckPoint (with the padding the C compiler inserts).
-mod checkpoint_offsets {
+pub(crate) mod checkpoint_offsets {
     pub const REDO: usize = 0;
     pub const THIS_TIMELINE: usize = 8;
     pub const PREV_TIMELINE: usize = 12;

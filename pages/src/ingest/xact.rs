@@ -1,7 +1,15 @@
 //! The transaction-status SLRUs and the records that write them: commit and abort
 //! (CLOG bits of the whole transaction tree, dropped relations, prepared transactions'
-//! state files), CLOG ZEROPAGE, and multixact creation (offsets and members pages).
-//! Each mirrors its redo routine in xact.c, clog.c and multixact.c.
+//! state files), CLOG ZEROPAGE and TRUNCATE, multixact creation (offsets and members
+//! pages) and truncation. Each mirrors its redo routine in xact.c, clog.c and
+//! multixact.c.
+//!
+//! **Truncation** removes whole segments, as the files' unlink does: the segment leaves
+//! the SLRU's directory and its size key becomes
+//! [`SizeValue::Dropped`](super::SizeValue::Dropped) at the record's LSN, so reads at
+//! or after it find no segment while older reads still do. The pages' versions stay
+//! (the store has no tombstones); a segment created again later (the SLRU's page
+//! numbers wrap around) starts from zero pages.
 
 use std::collections::BTreeMap;
 
@@ -9,8 +17,10 @@ use tarn_wal::decode::DecodedRecord;
 
 use super::records::*;
 use super::slru::{
-    FIRST_MULTIXACT_ID, clog_page, member_page, multi_precedes, multixact_offset_position,
-    segment_and_page, xid_precedes,
+    FIRST_MULTIXACT_ID, SLRU_PAGES_PER_SEGMENT, clog_page, clog_page_precedes, member_page,
+    member_segment_truncated, multi_precedes, multixact_offset_page_precedes,
+    multixact_offset_position, previous_multixact_id, segment_and_page, slru_may_delete_segment,
+    xid_precedes,
 };
 use super::{
     Batch, DeltaRecord, IngestError, Ingester, MemberWrite, TRANSACTION_STATUS_ABORTED,
@@ -116,7 +126,7 @@ impl Ingester {
             let (segno, blk) = segment_and_page(pageno);
             // In recovery, SimpleLruReadPage reads a missing page as zeros; writing it
             // makes it exist.
-            self.touch_slru_page(store, SlruKind::Clog, pageno);
+            self.touch_slru_page(store, batch, SlruKind::Clog, pageno);
             batch.push(
                 Key::slru_page(SlruKind::Clog, segno, blk),
                 DeltaRecord::ClogSetStatus { status, xids },
@@ -135,21 +145,117 @@ impl Ingester {
         batch: &mut Batch,
         record: &DecodedRecord,
     ) -> Result<(), IngestError> {
+        let parse = |source| IngestError::Parse {
+            lsn: record.lsn,
+            source,
+        };
         match record.rmgr_info() {
             CLOG_ZEROPAGE => {
-                let pageno = parse_pageno(record).map_err(|source| IngestError::Parse {
-                    lsn: record.lsn,
-                    source,
-                })?;
+                let pageno = parse_pageno(record).map_err(parse)?;
                 self.zero_slru_page(store, batch, SlruKind::Clog, pageno);
                 Ok(())
             }
-            CLOG_TRUNCATE => Err(unsupported(
-                record,
-                "CLOG truncation (removing pg_xact segments) is not implemented yet",
-            )),
+            CLOG_TRUNCATE => {
+                let truncate = parse_clog_truncate(record).map_err(parse)?;
+                // clog_redo first calls AdvanceOldestClogXid(oldestXact), which moves
+                // only ShmemVariableCache->oldestClogXid: no checkpoint or file holds it
+                // (a server starting up sets it from checkPoint.oldestXid). Nor does
+                // this record move oldestXid: the primary's SetTransactionIdLimit after
+                // it is not logged, and redo learns the new oldestXid from the next
+                // checkpoint record, as the checkpoint state here does. So the segments
+                // are all that changes.
+                self.simple_lru_truncate(
+                    store,
+                    record,
+                    SlruKind::Clog,
+                    truncate.pageno,
+                    clog_page_precedes,
+                )?;
+                self.stats.slru_truncations += 1;
+                Ok(())
+            }
             _ => Err(unsupported(record, "unknown CLOG record")),
         }
+    }
+
+    /// Mirrors SimpleLruTruncate (slru.c) as redo runs it: if the SLRU's latest page
+    /// precedes the cutoff, Postgres logs "apparent wraparound" and removes nothing;
+    /// otherwise every segment SlruMayDeleteSegment allows goes (the scan of the
+    /// directory is a scan of the SLRU's directory value).
+    fn simple_lru_truncate(
+        &mut self,
+        store: &TimelineStore,
+        record: &DecodedRecord,
+        slru: SlruKind,
+        cutoff_page: u32,
+        page_precedes: fn(u32, u32) -> bool,
+    ) -> Result<(), IngestError> {
+        let latest = self.latest_slru_page(store, slru)?;
+        if page_precedes(latest, cutoff_page) {
+            tracing::warn!(
+                lsn = %record.lsn,
+                latest,
+                cutoff_page,
+                "could not truncate directory \"{}\": apparent wraparound",
+                slru.dir_name()
+            );
+            self.stats.slru_truncations_refused += 1;
+            return Ok(());
+        }
+        let doomed: Vec<u32> = self
+            .slru_dir_mut(store, slru)
+            .0
+            .iter()
+            .copied()
+            .filter(|segno| {
+                slru_may_delete_segment(
+                    page_precedes,
+                    segno.wrapping_mul(SLRU_PAGES_PER_SEGMENT),
+                    cutoff_page,
+                )
+            })
+            .collect();
+        for segno in doomed {
+            self.remove_slru_segment(store, slru, segno);
+        }
+        Ok(())
+    }
+
+    /// The SLRU's `latest_page_number` as redo has it: the page the last
+    /// SimpleLruZeroPage zeroed, or, before any since this ingester started, what
+    /// StartupCLOG / StartupMultiXact derive from the counters (as a Postgres started at
+    /// this LSN would).
+    fn latest_slru_page(
+        &mut self,
+        store: &TimelineStore,
+        slru: SlruKind,
+    ) -> Result<u32, IngestError> {
+        if let Some(page) = self.slru_latest_pages.get(&slru) {
+            return Ok(*page);
+        }
+        let state = self.checkpoint_mut(store)?;
+        Ok(match slru {
+            SlruKind::Clog => clog_page(state.next_full_xid() as u32),
+            SlruKind::MultiXactOffsets => multixact_offset_position(state.next_multi()).0,
+            SlruKind::MultiXactMembers => member_page(state.next_multi_offset()),
+        })
+    }
+
+    /// Unlinks segment `segno`: out of the directory, its size dropped.
+    fn remove_slru_segment(&mut self, store: &TimelineStore, slru: SlruKind, segno: u32) {
+        if !self.slru_dir_mut(store, slru).0.remove(&segno) {
+            return;
+        }
+        self.dirty_slru_dirs.insert(slru);
+        self.slru_sizes.insert((slru, segno), None);
+        self.dirty_slru_sizes.insert((slru, segno));
+        for blk in 0..SLRU_PAGES_PER_SEGMENT {
+            // Its pages start over from zeros if the segment comes back.
+            let key = Key::slru_page(slru, segno, blk);
+            self.chains.remove(&key);
+            self.image_requests.remove(&key);
+        }
+        self.stats.slru_segments_removed += 1;
     }
 
     /// SimpleLruZeroPage + SimpleLruWritePage: the page exists and is zeros.
@@ -161,22 +267,43 @@ impl Ingester {
         pageno: u32,
     ) {
         let (segno, blk) = segment_and_page(pageno);
-        self.touch_slru_page(store, slru, pageno);
+        self.touch_slru_page(store, batch, slru, pageno);
         batch.push(
             Key::slru_page(slru, segno, blk),
             DeltaRecord::ZeroPage,
             true,
         );
+        // SimpleLruZeroPage: "Assume this page is now the latest active page".
+        self.slru_latest_pages.insert(slru, pageno);
         self.stats.synthesized_deltas += 1;
     }
 
     /// Makes page `pageno` part of its segment (creating the segment if needed), as
-    /// writing it to the segment file does. Errors loading the state are deferred:
-    /// a missing value reads as "no segment".
-    pub(super) fn touch_slru_page(&mut self, store: &TimelineStore, slru: SlruKind, pageno: u32) {
+    /// writing it to the segment file does. Pages that join the segment start as zero
+    /// pages (what a hole in the file reads as; in recovery, also a page of a missing
+    /// file): a segment removed by a truncation left its pages' versions behind. The
+    /// change the caller pushes next applies on top of (or replaces) the zero page.
+    /// Errors loading the state are deferred: a missing value reads as "no segment".
+    pub(super) fn touch_slru_page(
+        &mut self,
+        store: &TimelineStore,
+        batch: &mut Batch,
+        slru: SlruKind,
+        pageno: u32,
+    ) {
         let (segno, blk) = segment_and_page(pageno);
-        let size = self.slru_size(store, slru, segno);
-        if size.is_none_or(|size| size <= blk) {
+        let size = self.slru_size(store, slru, segno).unwrap_or(0);
+        if size <= blk {
+            for fill in size..=blk {
+                batch.push(
+                    Key::slru_page(slru, segno, fill),
+                    DeltaRecord::ZeroPage,
+                    true,
+                );
+                if fill < blk {
+                    self.stats.zero_pages_for_extension += 1;
+                }
+            }
             self.slru_sizes.insert((slru, segno), Some(blk + 1));
             self.dirty_slru_sizes.insert((slru, segno));
         }
@@ -238,10 +365,42 @@ impl Ingester {
                 self.stats.multixacts += 1;
             }
             XLOG_MULTIXACT_TRUNCATE_ID => {
-                return Err(unsupported(
+                let truncate = parse_multixact_truncate(record).map_err(parse)?;
+                // SetMultiXactIdLimit(endTruncOff, oldestMultiDB), unconditionally. The
+                // primary set the same before logging the record (TruncateMultiXact), so
+                // it is the oldestMulti its next checkpoint writes, and the one a standby
+                // promoted here would write: the checkpoint state (and a basebackup's
+                // pg_control) follows the record.
+                let state = self.checkpoint_mut(store)?;
+                state.set_oldest_multi(truncate.end_off);
+                state.set_oldest_multi_db(truncate.oldest_multi_db);
+                self.dirty_checkpoint = true;
+                // PerformMembersTruncation: members segments [start, end), wrapping
+                // from the last segment to 0.
+                let members: Vec<u32> = self
+                    .slru_dir_mut(store, SlruKind::MultiXactMembers)
+                    .0
+                    .iter()
+                    .copied()
+                    .filter(|segno| {
+                        member_segment_truncated(*segno, truncate.start_memb, truncate.end_memb)
+                    })
+                    .collect();
+                for segno in members {
+                    self.remove_slru_segment(store, SlruKind::MultiXactMembers, segno);
+                }
+                // PerformOffsetsTruncation: one multixact back, so that the cutoff page
+                // exists even when endTruncOff is the first of a page not yet created.
+                let (cutoff_page, _) =
+                    multixact_offset_position(previous_multixact_id(truncate.end_off));
+                self.simple_lru_truncate(
+                    store,
                     record,
-                    "multixact truncation (removing pg_multixact segments) is not implemented yet",
-                ));
+                    SlruKind::MultiXactOffsets,
+                    cutoff_page,
+                    multixact_offset_page_precedes,
+                )?;
+                self.stats.slru_truncations += 1;
             }
             _ => return Err(unsupported(record, "unknown multixact record")),
         }
@@ -289,7 +448,7 @@ impl Ingester {
             .push((next_entry, next_offset));
         for (page, entries) in offsets {
             let (segno, blk) = segment_and_page(page);
-            self.touch_slru_page(store, SlruKind::MultiXactOffsets, page);
+            self.touch_slru_page(store, batch, SlruKind::MultiXactOffsets, page);
             batch.push(
                 Key::slru_page(SlruKind::MultiXactOffsets, segno, blk),
                 DeltaRecord::MultiXactOffsets { entries },
@@ -311,7 +470,7 @@ impl Ingester {
         }
         for (page, writes) in members {
             let (segno, blk) = segment_and_page(page);
-            self.touch_slru_page(store, SlruKind::MultiXactMembers, page);
+            self.touch_slru_page(store, batch, SlruKind::MultiXactMembers, page);
             batch.push(
                 Key::slru_page(SlruKind::MultiXactMembers, segno, blk),
                 DeltaRecord::MultiXactMembers { members: writes },
