@@ -1,14 +1,18 @@
-//! Point in time → LSN: the first commit after a wall-clock time, found from the commit
-//! timestamps (`xact_time`) in a timeline's committed WAL on the safekeepers. A branch
+//! Questions answered by reading a timeline's committed WAL back from the safekeepers:
+//! point in time → LSN (the first commit after a wall-clock time, from the commit
+//! timestamps, `xact_time`), and the start of the last record before an LSN (the
+//! xl_prev a compute booted there must write, when the pageserver did not see that
+//! record ingested since it started). A branch
 //! at that commit's start LSN holds every transaction committed up to the time and
 //! none after, as `recovery_target_time` with `recovery_target_inclusive` would.
 //!
 //! The scan reads WAL from the safekeepers (they keep all of it), so its cost grows
 //! with the WAL between the bounds.
 
+use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
-use tarn_wal::decode::WalStreamDecoder;
+use tarn_wal::decode::{RawRecord, WalStreamDecoder};
 use tarn_wal::format::WalStreamParams;
 use tarn_wal::{Lsn, TimelineId};
 
@@ -61,6 +65,47 @@ pub fn first_commit_after(
     time: i64,
     timeout: Duration,
 ) -> Result<Option<Lsn>, PitrError> {
+    let mut found = None;
+    scan_records(source, timeline, from, to, timeout, |raw| {
+        match commit_time(raw) {
+            Ok(Some(commit_time)) if commit_time > time => {
+                found = Some(raw.lsn);
+                Ok(ControlFlow::Break(()))
+            }
+            Ok(_) => Ok(ControlFlow::Continue(())),
+            Err(detail) => Err(detail),
+        }
+    })?;
+    Ok(found)
+}
+
+/// The start of the last record of `timeline` that starts in `[from, to)`: what the
+/// first record written at `to` must name as xl_prev. `from` must be a record start.
+pub fn last_record_start(
+    source: &WalSource,
+    timeline: TimelineId,
+    from: Lsn,
+    to: Lsn,
+    timeout: Duration,
+) -> Result<Option<Lsn>, PitrError> {
+    let mut last = None;
+    scan_records(source, timeline, from, to, timeout, |raw| {
+        last = Some(raw.lsn);
+        Ok(ControlFlow::Continue(()))
+    })?;
+    Ok(last)
+}
+
+/// Reads `timeline`'s committed WAL from the safekeepers and calls `visit` on every
+/// record starting in `[from, to)`, in order, until it breaks.
+fn scan_records(
+    source: &WalSource,
+    timeline: TimelineId,
+    from: Lsn,
+    to: Lsn,
+    timeout: Duration,
+    mut visit: impl FnMut(&RawRecord) -> Result<ControlFlow<()>, String>,
+) -> Result<(), PitrError> {
     let wal_error = |detail: String| PitrError::Wal { timeline, detail };
     let mut follower = WalFollower::new(
         timeline,
@@ -98,22 +143,20 @@ pub fn first_commit_after(
         while let Some(raw) = decoder.next_raw_record() {
             let raw = raw.map_err(|e| wal_error(e.to_string()))?;
             if raw.lsn >= to {
-                return Ok(None);
+                return Ok(());
             }
-            if let Some(commit_time) = commit_time(&raw).map_err(wal_error)?
-                && commit_time > time
-            {
-                return Ok(Some(raw.lsn));
+            if visit(&raw).map_err(wal_error)?.is_break() {
+                return Ok(());
             }
         }
         fed.map_err(|e| wal_error(e.to_string()))?;
     }
-    Ok(None)
+    Ok(())
 }
 
 /// The `xact_time` of a commit record (xl_xact_commit starts with it), `None` for any
 /// other record.
-fn commit_time(raw: &tarn_wal::decode::RawRecord) -> Result<Option<i64>, String> {
+fn commit_time(raw: &RawRecord) -> Result<Option<i64>, String> {
     let (Some(&info), Some(&rmid)) = (raw.bytes.get(16), raw.bytes.get(17)) else {
         return Err(format!("record at {} is shorter than its header", raw.lsn));
     };

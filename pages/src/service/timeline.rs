@@ -20,7 +20,9 @@ use super::follower::WalFollower;
 use super::protocol::{
     BASEBACKUP_CHUNK_BYTES, ErrorCode, GetPageStats, RelRequest, Request, Response,
 };
+use super::pitr::last_record_start;
 use crate::basebackup::{BasebackupError, BasebackupOptions, TarWriter, write_basebackup};
+use crate::ingest::CheckpointState;
 use crate::ingest::{DEFAULT_IMAGE_THRESHOLD_DELTAS, IngestConfig, Ingester};
 use crate::reconstruct::{PageReader, ReconstructError, get_rel_size, materializer, rel_exists};
 use crate::store::{Key, StoreError, TimelineStore};
@@ -49,6 +51,8 @@ pub(crate) struct ServedTimeline {
     /// Created once the system id is known, at the store's last LSN (a record end).
     decoder: Option<WalStreamDecoder>,
     segment_size_bytes: u64,
+    /// Where the WAL comes from (also read back to find a last record start).
+    source: WalSource,
     /// Every record ending at or below it is in the store.
     ingested_lsn: Lsn,
     /// Where the last ingested record starts (since this process started): the
@@ -78,6 +82,7 @@ impl ServedTimeline {
             reader: PageReader::new(DEFAULT_IMAGE_THRESHOLD_DELTAS),
             decoder: None,
             segment_size_bytes: source.segment_size_bytes,
+            source: source.clone(),
             ingested_lsn,
             last_record_start: None,
             stopped: None,
@@ -285,18 +290,28 @@ impl ServedTimeline {
         // xl_prev). A backup anywhere else starts a new timeline, where any earlier
         // record start will do.
         let at_end = lsn == end;
-        if at_end && self.last_record_start.is_none() && self.follower.system_id().is_some() {
-            return error(
-                ErrorCode::Internal,
-                format!(
-                    "the last record of timeline {} before {lsn} is not known since the pageserver restarted; it is learnt from the next WAL written",
-                    self.id
-                ),
-            );
-        }
+        let prev_record_lsn = if !at_end {
+            None
+        } else if let Some(start) = self.last_record_start {
+            Some(start)
+        } else if self.follower.system_id().is_some() {
+            match self.find_last_record_start(&store, end) {
+                Ok(start) => start,
+                Err(e) => {
+                    return error(
+                        ErrorCode::Internal,
+                        format!("finding the last record of {} before {end}: {e}", self.id),
+                    );
+                }
+            }
+        } else {
+            // No WAL of its own on the safekeepers: a branch no compute wrote to yet,
+            // whose first compute starts its timeline here.
+            None
+        };
         let options = BasebackupOptions {
             ingested_lsn: Some(end),
-            prev_record_lsn: if at_end { self.last_record_start } else { None },
+            prev_record_lsn,
             ..BasebackupOptions::default()
         };
         let mut tar = TarWriter::new(ChunkSender::new(reply), now_unix());
@@ -321,6 +336,36 @@ impl ServedTimeline {
         }
     }
 }
+
+impl ServedTimeline {
+    /// The start of the last record before `end`, read back from the safekeepers from
+    /// the redo point of the checkpoint in force at `end` (a record start on this
+    /// timeline's WAL, also for a branch, whose first record is its own checkpoint).
+    fn find_last_record_start(
+        &self,
+        store: &TimelineStore,
+        end: Lsn,
+    ) -> Result<Option<Lsn>, String> {
+        let data = store
+            .get(Key::checkpoint(), end)
+            .map_err(|e| e.to_string())?;
+        let image = data
+            .image
+            .ok_or_else(|| "no checkpoint in the store".to_string())?;
+        let checkpoint = CheckpointState::from_bytes(&image.1).map_err(|e| e.to_string())?;
+        last_record_start(
+            &self.source,
+            self.id,
+            checkpoint.redo(),
+            end,
+            LAST_RECORD_SCAN_TIMEOUT,
+        )
+        .map_err(|e| e.to_string())
+    }
+}
+
+/// Bound on reading WAL back from the safekeepers to find the last record start.
+const LAST_RECORD_SCAN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Cuts a byte stream into [`Response::BasebackupChunk`]s on a reply channel.
 struct ChunkSender<'a> {

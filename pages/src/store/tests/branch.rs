@@ -45,6 +45,17 @@ impl Side {
         }
     }
 
+    /// After a reopen: puts again what was above the durable LSN, as WAL would be
+    /// ingested again.
+    fn reingest(&mut self) {
+        for (key, lsn, value) in self.model.writes_above(self.durable) {
+            self.store
+                .borrow_mut()
+                .put(key, lsn, value)
+                .expect("re-ingest");
+        }
+    }
+
     fn flush(&mut self) {
         let mut store = self.store.borrow_mut();
         store.freeze(self.lsn).expect("freeze");
@@ -149,13 +160,7 @@ fn run(seed: u64) {
                 drop(branch.store);
                 let reopened = TimelineStore::open(&parent_dir, config.clone()).expect("reopen");
                 parent.store = Rc::new(RefCell::new(reopened));
-                for (key, lsn, value) in parent.model.writes_above(parent.durable) {
-                    parent
-                        .store
-                        .borrow_mut()
-                        .put(key, lsn, value)
-                        .expect("re-ingest");
-                }
+                parent.reingest();
                 branch.store = Rc::new(RefCell::new(
                     TimelineStore::open_branch(
                         &branch_dir,
@@ -164,13 +169,7 @@ fn run(seed: u64) {
                     )
                     .expect("reopen branch"),
                 ));
-                for (key, lsn, value) in branch.model.writes_above(branch.durable) {
-                    branch
-                        .store
-                        .borrow_mut()
-                        .put(key, lsn, value)
-                        .expect("re-ingest");
-                }
+                branch.reingest();
             }
             88..94 => {
                 drop(branch.store);
@@ -192,13 +191,7 @@ fn run(seed: u64) {
                     branch.durable,
                     "{context}"
                 );
-                for (key, lsn, value) in branch.model.writes_above(branch.durable) {
-                    branch
-                        .store
-                        .borrow_mut()
-                        .put(key, lsn, value)
-                        .expect("re-ingest");
-                }
+                branch.reingest();
             }
             _ => {
                 let a = keys[rng.below(keys.len() as u64) as usize];
