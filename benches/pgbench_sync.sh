@@ -17,8 +17,13 @@
 # As root, Postgres (initdb, pg_ctl, pg_basebackup) runs as the `postgres` user, as
 # tarn does. Not run by CI.
 #
+# WORKLOAD=tpcc runs the TPC-C-like workload of tests/data/tpcc-lite instead (schema.sql
+# with 4 warehouses, then pgbench -f neworder.sql@45 -f payment.sql@43 -f
+# delivery.sql@4 -f orderstatus.sql@4 -f stocklevel.sql@4; SCALE is then unused).
+#
 # Usage: benches/pgbench_sync.sh [DIR]        (default: a new directory under /tmp)
 # Environment: DURATION=60 SCALE=10 CLIENTS=4 BASE_PORT=17500 CONFIGS="a b c d"
+#   WORKLOAD=pgbench|tpcc
 #   KEEP_DATA=1 keeps the data directories (several GB) instead of removing them at exit
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +33,9 @@ SCALE="${SCALE:-10}"
 CLIENTS="${CLIENTS:-4}"
 BASE_PORT="${BASE_PORT:-17500}"
 CONFIGS="${CONFIGS:-a b c d}"
+WORKLOAD="${WORKLOAD:-pgbench}"
+TPCC_DIR="$PWD/tests/data/tpcc-lite"
+case "$WORKLOAD" in pgbench|tpcc) ;; *) echo "WORKLOAD must be pgbench or tpcc" >&2; exit 1 ;; esac
 PG_BIN="${PG_BIN:-/usr/lib/postgresql/15/bin}"
 # Bounds on waits, in 0.1 s polls.
 READY_POLLS=1800
@@ -127,16 +135,25 @@ wait_sync_standby() { # port application_name
 # Runs pgbench against the server on PORT and writes RESULTS/LABEL.json.
 bench() { # label port
     local label="$1" port="$2"
-    say "[$label] pgbench -i -s $SCALE"
-    "$PG_BIN/pgbench" -h 127.0.0.1 -p "$port" -U postgres -i -s "$SCALE" -q postgres \
-        >"$RESULTS/$label.init.log" 2>&1
+    local scripts=()
+    if [ "$WORKLOAD" = tpcc ]; then
+        say "[$label] tpcc-lite schema"
+        "$PG_BIN/psql" -h 127.0.0.1 -p "$port" -U postgres -d postgres -X -q -v ON_ERROR_STOP=1 \
+            -f "$TPCC_DIR/schema.sql" >"$RESULTS/$label.init.log" 2>&1
+        scripts=(-f "$TPCC_DIR/neworder.sql@45" -f "$TPCC_DIR/payment.sql@43" -f "$TPCC_DIR/delivery.sql@4"
+            -f "$TPCC_DIR/orderstatus.sql@4" -f "$TPCC_DIR/stocklevel.sql@4")
+    else
+        say "[$label] pgbench -i -s $SCALE"
+        "$PG_BIN/pgbench" -h 127.0.0.1 -p "$port" -U postgres -i -s "$SCALE" -q postgres \
+            >"$RESULTS/$label.init.log" 2>&1
+    fi
     psql_at "$port" "CHECKPOINT" >/dev/null
     local settings lsn0 lsn1
     settings=$(psql_at "$port" "SELECT string_agg(name || '=' || setting, ' ' ORDER BY name) FROM pg_settings WHERE name IN ('fsync','full_page_writes','synchronous_commit','synchronous_standby_names')")
     lsn0=$(psql_at "$port" "SELECT pg_current_wal_lsn()")
     say "[$label] pgbench -c $CLIENTS -j $CLIENTS -T $DURATION ($settings)"
     "$PG_BIN/pgbench" -h 127.0.0.1 -p "$port" -U postgres -n -c "$CLIENTS" -j "$CLIENTS" \
-        -T "$DURATION" postgres >"$RESULTS/$label.pgbench.log" 2>&1
+        -T "$DURATION" "${scripts[@]}" postgres >"$RESULTS/$label.pgbench.log" 2>&1
     lsn1=$(psql_at "$port" "SELECT pg_current_wal_lsn()")
     local wal_bytes
     wal_bytes=$(psql_at "$port" "SELECT pg_wal_lsn_diff('$lsn1', '$lsn0')::bigint")
@@ -226,9 +243,9 @@ for config in $CONFIGS; do
     esac
 done
 
-python3 - "$RESULTS" "$DURATION" "$SCALE" "$CLIENTS" <<'EOF'
+python3 - "$RESULTS" "$DURATION" "$SCALE" "$CLIENTS" "$WORKLOAD" <<'EOF'
 import json, os, sys
-res, duration, scale, clients = sys.argv[1:]
+res, duration, scale, clients, workload = sys.argv[1:]
 names = {
     "a": "Postgres alone (fsync on, FPW on)",
     "b": "Postgres + streaming sync standby",
@@ -240,7 +257,8 @@ for k in "abcd":
     p = os.path.join(res, f"{k}.json")
     if os.path.exists(p):
         rows[k] = json.load(open(p))
-print(f"pgbench -s {scale}, {clients} clients, {duration} s each, one after another on this machine")
+what = f"pgbench -s {scale}" if workload == "pgbench" else "TPC-C-like (tpcc-lite, 4 warehouses)"
+print(f"{what}, {clients} clients, {duration} s each, one after another on this machine")
 print(f"{'':<3}{'configuration':<38}{'TPS':>9}{'avg ms':>9}{'WAL B/tx':>10}")
 for k, r in rows.items():
     print(f"{k+')':<3}{names[k]:<38}{r['tps']:>9.1f}{r['latency_avg_ms'] or 0:>9.2f}{r['wal_bytes_per_tx']:>10.0f}")
