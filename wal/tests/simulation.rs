@@ -1,6 +1,7 @@
 //! Runs the deterministic quorum simulation over many seeds (CI runs this; `tarn
 //! simulate` runs any number). Each seed checks safety after every step and liveness
-//! once faults stop.
+//! once faults stop (progress, commit LSNs reaching every safekeeper once WAL stops,
+//! and a final sync-safekeepers run).
 
 use tarn_wal::sim::{SimOptions, run};
 
@@ -19,6 +20,7 @@ fn quorum_survives_faults_across_seeds() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     let mut totals = (0u64, 0u64, 0u64);
+    let mut syncs = 0u64;
     for seed in first..first + seeds {
         match run(&SimOptions {
             seed,
@@ -28,6 +30,7 @@ fn quorum_survives_faults_across_seeds() {
                 totals.0 += outcome.commits;
                 totals.1 += outcome.elections;
                 totals.2 += outcome.safekeeper_crashes;
+                syncs += outcome.syncs;
             }
             Err(failure) => panic!("{failure}"),
         }
@@ -36,8 +39,10 @@ fn quorum_survives_faults_across_seeds() {
     assert!(totals.0 > seeds * 5, "too few commits: {totals:?}");
     assert!(totals.1 > seeds, "too few elections: {totals:?}");
     assert!(totals.2 > seeds, "too few safekeeper crashes: {totals:?}");
+    // Every seed ends with a sync; some sync while faults are on, too.
+    assert!(syncs > seeds, "too few syncs: {syncs}");
     eprintln!(
-        "{seeds} seeds: {} commits, {} elections, {} safekeeper crashes",
+        "{seeds} seeds: {} commits, {} elections, {} safekeeper crashes, {syncs} syncs",
         totals.0, totals.1, totals.2
     );
 }

@@ -44,6 +44,19 @@ pub struct ProposerSettings {
     /// Giving up on an election that does not complete in this time lets a restarted
     /// proposer try again with a higher term.
     pub election_timeout_ms: u64,
+    pub mode: ProposerMode,
+}
+
+/// What the proposer is for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ProposerMode {
+    /// Postgres's standby: stream its WAL from the term's start on.
+    #[default]
+    Stream,
+    /// No Postgres: only fix the end of the timeline's WAL (see
+    /// [`Proposer::synced_lsn`]). A timeline no voter holds is not started here
+    /// ([`ProposerOutput::TimelineEmpty`]): where it starts is for a compute to say.
+    Sync,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,6 +82,10 @@ pub enum ProposerOutput {
     Stopped {
         reason: String,
     },
+    /// [`ProposerMode::Sync`] only: a majority voted and none of them holds any WAL of
+    /// the timeline, so nothing was ever committed on it. The proposer has stopped
+    /// without announcing its election (which would set where the timeline starts).
+    TimelineEmpty,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -89,6 +106,10 @@ struct Peer {
     following: bool,
     flush_lsn: Lsn,
     next_lsn: Lsn,
+    /// Highest commit LSN carried by an append sent to this peer in our term.
+    commit_sent: Lsn,
+    /// Highest commit LSN this peer reported in our term: what it knows is committed.
+    commit_acked: Lsn,
     /// LSN of a ReadWal we asked this peer (as donor) for, if any, and when.
     read_in_flight: Option<Lsn>,
     read_sent_ms: u64,
@@ -160,6 +181,47 @@ impl Proposer {
     pub fn history(&self) -> &TermHistory {
         &self.history
     }
+    pub fn mode(&self) -> ProposerMode {
+        self.settings.mode
+    }
+
+    /// The end of the timeline's WAL once it is settled: elected, everything up to the
+    /// term's start committed in this term, and a majority of safekeepers both hold
+    /// that WAL and have acknowledged an append telling them it is committed (so they
+    /// report it as committed, and the pageserver may read up to it). Every WAL byte
+    /// ever acknowledged to a client lies below it: committed WAL is on a majority,
+    /// which every majority of voters meets, and the donor holds the most of any voter.
+    pub fn synced_lsn(&self) -> Option<Lsn> {
+        let end = self.term_start_lsn;
+        let settled = self.phase == Phase::Elected
+            && self.commit_lsn != Lsn::INVALID
+            && self.commit_lsn >= end;
+        (settled && self.peers_knowing_commit(end) >= self.quorum()).then_some(end)
+    }
+
+    /// Safekeepers that follow this term, hold WAL up to `lsn` and know it committed.
+    pub fn peers_knowing_commit(&self, lsn: Lsn) -> usize {
+        self.peers
+            .iter()
+            .filter(|p| p.connected && p.following && p.flush_lsn >= lsn && p.commit_acked >= lsn)
+            .count()
+    }
+
+    /// Connected safekeepers (the ones worth waiting for a little).
+    pub fn connected_peers(&self) -> usize {
+        self.peers.iter().filter(|p| p.connected).count()
+    }
+
+    /// Safekeepers that answered our `Hello` on their current connection.
+    pub fn greeted_peers(&self) -> usize {
+        self.peers.iter().filter(|p| p.greeting.is_some()).count()
+    }
+
+    /// Votes for our term so far.
+    pub fn votes_received(&self) -> usize {
+        self.votes.iter().flatten().count()
+    }
+
     /// Flush LSN each safekeeper acknowledged in this term (None if not following).
     pub fn peer_flush_lsns(&self) -> Vec<Option<Lsn>> {
         self.peers
@@ -251,7 +313,7 @@ impl Proposer {
             }
             // Waiting for an acknowledgement, for the handshake to finish, or for a
             // donor read: a connection that stays silent that long is presumed stuck.
-            let waiting = !p.following || p.next_lsn > p.flush_lsn;
+            let waiting = !p.following || Self::awaits_answer(p);
             let read_stuck =
                 p.read_in_flight.is_some() && now_ms.saturating_sub(p.read_sent_ms) > timeout;
             if read_stuck || (waiting && now_ms.saturating_sub(p.last_progress_ms) > timeout) {
@@ -274,11 +336,14 @@ impl Proposer {
                         p.following = true;
                         p.flush_lsn = m.flush_lsn;
                         p.next_lsn = m.flush_lsn;
+                        p.commit_sent = m.commit_lsn;
+                        p.commit_acked = m.commit_lsn;
                         p.last_progress_ms = self.now_ms;
                     }
                     self.known_commit_lsn = self.known_commit_lsn.max(m.commit_lsn);
                     self.update_commit();
                     self.pump_all();
+                    self.send_commit_updates();
                 }
             }
             SafekeeperMessage::AppendResponse(m) => {
@@ -288,10 +353,16 @@ impl Proposer {
                         p.flush_lsn = m.flush_lsn;
                         p.last_progress_ms = self.now_ms;
                     }
+                    if m.commit_lsn > p.commit_acked {
+                        p.commit_acked = m.commit_lsn;
+                        p.last_progress_ms = self.now_ms;
+                    }
                     self.update_commit();
                     // More WAL on this peer may make it a donor for a laggard.
                     self.pump_all();
                     self.trim_buffer();
+                    // The answer may close the one commit update allowed in flight.
+                    self.send_commit_updates();
                 }
             }
             SafekeeperMessage::WalChunk(m) => self.on_wal_chunk(from, m),
@@ -397,6 +468,17 @@ impl Proposer {
         let Some((donor_index, donor)) = donor else {
             return;
         };
+        if donor.term_history.0.is_empty() && self.settings.mode == ProposerMode::Sync {
+            // No voter holds WAL, and every majority of safekeepers meets this one: the
+            // timeline has no committed WAL. Announcing would make the safekeepers
+            // start it at an LSN nobody chose, so stop here instead.
+            self.phase = Phase::Stopped(format!(
+                "timeline {} holds no WAL on a majority of safekeepers",
+                self.settings.timeline_id
+            ));
+            self.outputs.push(ProposerOutput::TimelineEmpty);
+            return;
+        }
         self.donor = Some(donor_index);
         for v in self.votes.iter().flatten() {
             self.known_commit_lsn = self.known_commit_lsn.max(v.commit_lsn);
@@ -466,16 +548,56 @@ impl Proposer {
                 continue;
             }
             let offset = (p.next_lsn.0 - m.start_lsn.0) as usize;
-            let append = AppendRequest {
-                term: self.term,
-                begin_lsn: p.next_lsn,
-                commit_lsn,
-                wal: m.wal.slice(offset..),
-            };
-            self.peers[i].next_lsn = end;
-            self.send(i, ProposerMessage::Append(append));
+            let begin = p.next_lsn;
+            self.send_append(i, begin, commit_lsn, m.wal.slice(offset..));
         }
         self.pump_all();
+        self.send_commit_updates();
+    }
+
+    /// Whether this peer owes us an answer: unacknowledged WAL, or an unacknowledged
+    /// commit LSN.
+    fn awaits_answer(p: &Peer) -> bool {
+        p.next_lsn > p.flush_lsn || p.commit_sent > p.commit_acked
+    }
+
+    fn send_append(&mut self, peer: PeerIndex, begin: Lsn, commit_lsn: Lsn, wal: Bytes) {
+        let now = self.now_ms;
+        let p = &mut self.peers[peer];
+        // The progress timeout measures how long a peer has owed us an answer, so the
+        // clock starts now if it owed nothing (not at its last answer, which may be
+        // long ago after an idle spell).
+        if !Self::awaits_answer(p) {
+            p.last_progress_ms = now;
+        }
+        p.next_lsn = begin.plus(wal.len() as u64);
+        p.commit_sent = p.commit_sent.max(commit_lsn);
+        let append = AppendRequest {
+            term: self.term,
+            begin_lsn: begin,
+            commit_lsn,
+            wal,
+        };
+        self.send(peer, ProposerMessage::Append(append));
+    }
+
+    /// Tells caught-up peers a commit LSN they have not been sent, with an append that
+    /// carries no WAL (peers still receiving WAL learn it from that WAL's appends). At
+    /// most one commit-carrying append is unanswered per peer, so the answer to one
+    /// never triggers another unless the commit LSN moved meanwhile.
+    fn send_commit_updates(&mut self) {
+        if self.phase != Phase::Elected {
+            return;
+        }
+        let commit_lsn = self.commit_lsn.max(self.known_commit_lsn);
+        for i in 0..self.peers.len() {
+            let p = &self.peers[i];
+            let caught_up = p.connected && p.following && p.next_lsn >= self.wal_end;
+            if caught_up && commit_lsn > p.commit_sent && p.commit_acked >= p.commit_sent {
+                let begin = p.next_lsn;
+                self.send_append(i, begin, commit_lsn, Bytes::new());
+            }
+        }
     }
 
     fn pump_all(&mut self) {
@@ -501,16 +623,8 @@ impl Proposer {
             let next = p.next_lsn;
             match self.buffer.get(next, MAX_APPEND_WAL_BYTES) {
                 Some(wal) => {
-                    let end = next.plus(wal.len() as u64);
-                    self.peers[peer].next_lsn = end;
                     let commit_lsn = self.commit_lsn.max(self.known_commit_lsn);
-                    let append = AppendRequest {
-                        term: self.term,
-                        begin_lsn: next,
-                        commit_lsn,
-                        wal,
-                    };
-                    self.send(peer, ProposerMessage::Append(append));
+                    self.send_append(peer, next, commit_lsn, wal);
                 }
                 None => {
                     self.request_from_donor(next);
@@ -566,6 +680,7 @@ impl Proposer {
             self.outputs.push(ProposerOutput::Committed {
                 commit_lsn: quorum_flush,
             });
+            self.send_commit_updates();
         }
     }
 

@@ -21,14 +21,14 @@ use crate::replication::{
 };
 use crate::{Lsn, TimelineId};
 
-use super::core::{PeerIndex, Phase, Proposer, ProposerOutput, ProposerSettings};
+use super::core::{PeerIndex, Phase, Proposer, ProposerMode, ProposerOutput, ProposerSettings};
 
 /// The Postgres major version tarn's WAL handling is written for.
 pub const SUPPORTED_POSTGRES_MAJOR: u32 = 15;
 /// Postgres 15's default (and Debian's) WAL segment size; tarn requires it.
 pub const POSTGRES_SEGMENT_SIZE_BYTES: u64 = 16 << 20;
 /// How often the event loop wakes without events, to run timers.
-const TICK: Duration = Duration::from_millis(50);
+pub(super) const TICK: Duration = Duration::from_millis(50);
 /// Status updates keep the walsender from timing us out (wal_sender_timeout is 60 s by
 /// default) and keep pg_stat_replication current.
 const STATUS_INTERVAL: Duration = Duration::from_secs(1);
@@ -82,9 +82,21 @@ pub enum ProposerError {
         "Postgres reports version {version:?}; tarn supports PostgreSQL {SUPPORTED_POSTGRES_MAJOR}"
     )]
     UnsupportedPostgres { version: String },
+    /// Sync-safekeepers found no WAL of the timeline on a majority: nothing was ever
+    /// committed on it, so a compute boots from where the timeline branched instead.
+    #[error(
+        "timeline {timeline_id} holds no WAL: a majority of safekeepers answered and none has any"
+    )]
+    EmptyTimeline { timeline_id: TimelineId },
+    #[error("sync-safekeepers of timeline {timeline_id} gave up after {timeout:?}: {detail}")]
+    SyncTimeout {
+        timeline_id: TimelineId,
+        timeout: Duration,
+        detail: String,
+    },
 }
 
-enum Event {
+pub(super) enum Event {
     SkConnected {
         peer: PeerIndex,
         generation: u64,
@@ -98,6 +110,11 @@ enum Event {
     SkDisconnected {
         peer: PeerIndex,
         generation: u64,
+        reason: String,
+    },
+    /// A connection attempt failed (the link keeps trying).
+    SkUnreachable {
+        peer: PeerIndex,
         reason: String,
     },
     PgStreaming {
@@ -119,14 +136,14 @@ enum Event {
     },
 }
 
-enum LinkCommand {
+pub(super) enum LinkCommand {
     Send(Bytes),
     Close,
 }
 
-struct Link {
-    generation: u64,
-    commands: mpsc::SyncSender<LinkCommand>,
+pub(super) struct Link {
+    pub(super) generation: u64,
+    pub(super) commands: mpsc::SyncSender<LinkCommand>,
 }
 
 /// Runs the proposer until it loses its term (an error saying why) or the process is
@@ -169,18 +186,17 @@ pub fn run(config: ProposerConfig) -> Result<(), ProposerError> {
         max_buffered_wal_bytes: 256 << 20,
         progress_timeout_ms: 10_000,
         election_timeout_ms: 30_000,
+        mode: ProposerMode::Stream,
     };
     let started = Instant::now();
     let mut core = Proposer::new(settings, 0);
     let (events_tx, events) = mpsc::channel::<Event>();
-    for (peer, addr) in config.safekeepers.iter().enumerate() {
-        let tx = events_tx.clone();
-        let addr = addr.clone();
-        thread::Builder::new()
-            .name(format!("sk-link-{peer}"))
-            .spawn(move || link_thread(peer, addr, tx))
-            .map_err(|e| ProposerError::Stopped(format!("cannot start a thread: {e}")))?;
-    }
+    // The proposer runs until the process ends, and its links with it.
+    spawn_links(
+        &config.safekeepers,
+        &events_tx,
+        &Arc::new(AtomicBool::new(false)),
+    )?;
     let accepting_wal = Arc::new(AtomicBool::new(true));
     let mut event_loop = EventLoop {
         accepting_wal,
@@ -198,6 +214,24 @@ pub fn run(config: ProposerConfig) -> Result<(), ProposerError> {
         started,
     };
     event_loop.run(&mut core, &events)
+}
+
+/// Starts one link thread per safekeeper; they end soon after `stop` is set.
+pub(super) fn spawn_links(
+    safekeepers: &[String],
+    events: &Sender<Event>,
+    stop: &Arc<AtomicBool>,
+) -> Result<(), ProposerError> {
+    for (peer, addr) in safekeepers.iter().enumerate() {
+        let tx = events.clone();
+        let addr = addr.clone();
+        let stop = stop.clone();
+        thread::Builder::new()
+            .name(format!("sk-link-{peer}"))
+            .spawn(move || link_thread(peer, addr, tx, &stop))
+            .map_err(|e| ProposerError::Stopped(format!("cannot start a thread: {e}")))?;
+    }
+    Ok(())
 }
 
 /// Connects until Postgres answers IDENTIFY_SYSTEM; returns its identity and version
@@ -341,6 +375,12 @@ impl EventLoop {
                     core.on_disconnected(peer);
                 }
             }
+            Event::SkUnreachable { peer, reason } => {
+                tracing::debug!(
+                    "safekeeper #{peer} ({}) unreachable: {reason}",
+                    self.config.safekeepers[peer]
+                );
+            }
             Event::PgStreaming { session, writer } => {
                 if session == self.pg_session {
                     self.pg_writer = Some(writer);
@@ -421,6 +461,13 @@ impl EventLoop {
                     ProposerOutput::Stopped { reason } => {
                         self.write_state_file(core);
                         return Err(ProposerError::Stopped(reason));
+                    }
+                    // Only a sync proposer stops for this; this one starts new timelines.
+                    ProposerOutput::TimelineEmpty => {
+                        self.write_state_file(core);
+                        return Err(ProposerError::EmptyTimeline {
+                            timeline_id: self.config.timeline_id,
+                        });
                     }
                 }
             }
@@ -607,16 +654,20 @@ fn pg_session_thread(
 
 /// Keeps one safekeeper connected: connects with bounded backoff, reads its messages
 /// into the event loop and writes the loop's frames to it, until the loop closes the
-/// link or the connection breaks; then starts over.
-fn link_thread(peer: PeerIndex, addr: String, events: Sender<Event>) {
+/// link or the connection breaks; then starts over. Ends once `stop` is set (or the
+/// event loop is gone).
+fn link_thread(peer: PeerIndex, addr: String, events: Sender<Event>, stop: &AtomicBool) {
     let mut generation = 0u64;
     let mut backoff = BACKOFF_MIN;
-    loop {
+    while !stop.load(Ordering::Acquire) {
         let stream = match connect(&addr) {
             Ok(s) => s,
             Err(e) => {
-                tracing::debug!("safekeeper #{peer} at {addr} unreachable: {e}");
-                thread::sleep(backoff);
+                let reason = format!("cannot connect to {addr}: {e}");
+                if events.send(Event::SkUnreachable { peer, reason }).is_err() {
+                    return;
+                }
+                sleep_unless_stopped(backoff, stop);
                 backoff = (backoff * 2).min(BACKOFF_MAX);
                 continue;
             }
@@ -634,7 +685,7 @@ fn link_thread(peer: PeerIndex, addr: String, events: Sender<Event>) {
         {
             return;
         }
-        let reason = serve_link(peer, generation, stream, &commands, &events);
+        let reason = serve_link(peer, generation, stream, &commands, &events, stop);
         if events
             .send(Event::SkDisconnected {
                 peer,
@@ -645,6 +696,18 @@ fn link_thread(peer: PeerIndex, addr: String, events: Sender<Event>) {
         {
             return;
         }
+    }
+}
+
+/// Sleeps `duration`, waking early once `stop` is set.
+fn sleep_unless_stopped(duration: Duration, stop: &AtomicBool) {
+    let until = Instant::now() + duration;
+    loop {
+        let now = Instant::now();
+        if now >= until || stop.load(Ordering::Acquire) {
+            return;
+        }
+        thread::sleep((until - now).min(TICK));
     }
 }
 
@@ -674,6 +737,7 @@ fn serve_link(
     stream: TcpStream,
     commands: &Receiver<LinkCommand>,
     events: &Sender<Event>,
+    stop: &AtomicBool,
 ) -> String {
     let reader_stream = match stream.try_clone() {
         Ok(s) => s,
@@ -708,6 +772,17 @@ fn serve_link(
     let mut writer = std::io::BufWriter::with_capacity(256 * 1024, &stream);
     let mut reason = String::new();
     while !dead.load(Ordering::Acquire) {
+        if stop.load(Ordering::Acquire) {
+            // What the loop queued before it stopped (its last appends) still goes out.
+            while let Ok(LinkCommand::Send(frame)) = commands.try_recv() {
+                if std::io::Write::write_all(&mut writer, &frame).is_err() {
+                    break;
+                }
+            }
+            let _ = std::io::Write::flush(&mut writer);
+            reason = "closed by the proposer".into();
+            break;
+        }
         match commands.recv_timeout(Duration::from_millis(100)) {
             Ok(LinkCommand::Send(frame)) => {
                 let mut result = std::io::Write::write_all(&mut writer, &frame);

@@ -7,7 +7,15 @@
 //! competing proposers. After every step the invariants are checked:
 //! - committed WAL never changes: every commit's bytes agree with all earlier commits;
 //! - the committed prefix never shrinks, and each acceptor's commit LSN never goes back;
-//! - every LSN a proposer reported as committed is durable, byte for byte, on a majority.
+//! - every LSN a proposer reported as committed is durable, byte for byte, on a majority;
+//! - a "sync safekeepers" proposer (no compute; it fixes the end of the timeline's WAL
+//!   for a replacement compute) ends at or above every commit of every older term, even
+//!   commits reported after it finished.
+//!
+//! Liveness, once faults stop: some proposer gets elected and commits new WAL; once the
+//! compute stops writing, everything it wrote gets committed and every safekeeper learns
+//! the commit LSN (without more WAL to carry it); and a sync proposer then finishes, at
+//! or above everything committed.
 //!
 //! A failing seed replays exactly: `tarn simulate --seed N`.
 
@@ -18,7 +26,7 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 
-use crate::proposer::{Phase, Proposer, ProposerOutput, ProposerSettings};
+use crate::proposer::{Phase, Proposer, ProposerMode, ProposerOutput, ProposerSettings};
 use crate::protocol::{
     FRAME_HEADER_BYTES, ProposerMessage, Refusal, SafekeeperMessage, decode_frame_header,
     decode_proposer_message, decode_safekeeper_message, encode_proposer_message,
@@ -48,6 +56,8 @@ const REORDER_PER_MILLE: u64 = 20;
 const HEAL_STEPS: u32 = 4000;
 /// WAL the compute may still write once faults stop, so progress can be observed.
 const HEAL_WAL_BYTES: u64 = 32 * 1024;
+/// Proposers started while faults are on that are sync proposers, per thousand.
+const SYNC_PROPOSERS_PER_MILLE: u64 = 250;
 
 #[derive(Clone, Debug)]
 pub struct SimOptions {
@@ -64,6 +74,8 @@ pub struct SimOutcome {
     pub safekeeper_crashes: u64,
     pub proposers_started: u64,
     pub messages_delivered: u64,
+    /// Sync proposers that fixed the end of the WAL.
+    pub syncs: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -168,6 +180,8 @@ struct SimProposer {
     conns: [Option<u64>; SAFEKEEPERS],
     compute: Option<SimCompute>,
     committed: Lsn,
+    /// A sync proposer's result: the end of WAL it fixed.
+    synced: Option<Lsn>,
 }
 
 struct Packet {
@@ -193,6 +207,8 @@ struct Sim {
     trace: VecDeque<String>,
     outcome: SimOutcome,
     faults: bool,
+    /// Computes write no new WAL (they still send what they wrote).
+    wal_stopped: bool,
 }
 
 type SimResult<T> = Result<T, String>;
@@ -226,6 +242,7 @@ impl Sim {
                 ..SimOutcome::default()
             },
             faults: true,
+            wal_stopped: false,
         }
     }
 
@@ -242,7 +259,7 @@ impl Sim {
             .push_back(format!("[{} t={}ms] {event}", self.step, self.now_ms));
     }
 
-    fn settings(&self) -> ProposerSettings {
+    fn settings(&self, mode: ProposerMode) -> ProposerSettings {
         ProposerSettings {
             system_id: SYSTEM_ID,
             timeline_id: TimelineId(1),
@@ -254,6 +271,7 @@ impl Sim {
             max_buffered_wal_bytes: 64 * 1024,
             progress_timeout_ms: 300,
             election_timeout_ms: 2000,
+            mode,
         }
     }
 
@@ -261,18 +279,56 @@ impl Sim {
         self.proposers.iter().filter(|p| p.alive).count()
     }
 
-    fn start_proposer(&mut self) -> SimResult<()> {
-        let core = Proposer::new(self.settings(), self.now_ms);
+    fn start_proposer(&mut self, mode: ProposerMode) -> SimResult<()> {
+        let core = Proposer::new(self.settings(mode), self.now_ms);
         self.proposers.push(SimProposer {
             core,
             alive: true,
             conns: [None; SAFEKEEPERS],
             compute: None,
             committed: Lsn::INVALID,
+            synced: None,
         });
         self.outcome.proposers_started += 1;
         let p = self.proposers.len() - 1;
-        self.log(format!("proposer {p} starts"));
+        self.log(format!("proposer {p} starts ({mode:?})"));
+        Ok(())
+    }
+
+    /// Highest commit any proposer of a term below `term` reported.
+    fn committed_below_term(&self, term: crate::Term) -> Lsn {
+        self.proposers
+            .iter()
+            .filter(|p| p.core.term() < term)
+            .map(|p| p.committed)
+            .max()
+            .unwrap_or(Lsn::INVALID)
+    }
+
+    /// A sync proposer that has fixed the end of WAL reports it and exits, as `tarn
+    /// proposer --sync-safekeepers` does. Every WAL byte acknowledged by an older term
+    /// must lie below that end, or a replacement compute would lose it.
+    fn check_synced(&mut self, p: usize) -> SimResult<()> {
+        let prop = &self.proposers[p];
+        if !prop.alive || prop.synced.is_some() || prop.core.mode() != ProposerMode::Sync {
+            return Ok(());
+        }
+        let Some(end) = prop.core.synced_lsn() else {
+            return Ok(());
+        };
+        let term = prop.core.term();
+        let committed = self.committed_below_term(term);
+        if end < committed {
+            return Err(format!(
+                "sync proposer p{p} (term {term}) fixed the end of WAL at {end}, below {committed} committed by an older term"
+            ));
+        }
+        self.proposers[p].synced = Some(end);
+        self.proposers[p].alive = false;
+        self.outcome.syncs += 1;
+        self.log(format!(
+            "p{p} synced: end of WAL {end} (term {term}); exits"
+        ));
         Ok(())
     }
 
@@ -517,7 +573,7 @@ impl Sim {
         loop {
             let outputs = self.proposers[p].core.drain_outputs();
             if outputs.is_empty() {
-                return Ok(());
+                return self.check_synced(p);
             }
             for out in outputs {
                 match out {
@@ -542,6 +598,16 @@ impl Sim {
                         self.log(format!("p{p} stops: {reason}"));
                         self.proposers[p].alive = false;
                     }
+                    ProposerOutput::TimelineEmpty => {
+                        if !self.committed.is_empty() {
+                            return Err(format!(
+                                "sync proposer p{p} found no WAL, but WAL up to {} is committed",
+                                self.outcome.committed_end
+                            ));
+                        }
+                        self.log(format!("p{p} stops: the timeline holds no WAL"));
+                        self.proposers[p].alive = false;
+                    }
                 }
             }
         }
@@ -550,6 +616,12 @@ impl Sim {
     fn start_compute(&mut self, p: usize, from: Lsn) -> SimResult<()> {
         self.outcome.elections += 1;
         let term = self.proposers[p].core.term();
+        if self.proposers[p].core.mode() == ProposerMode::Sync {
+            self.log(format!(
+                "p{p} (sync) elected in term {term}, end of WAL {from}"
+            ));
+            return Ok(());
+        }
         // The new term continues the donor's WAL: find the record that ends at `from`
         // there, so the new WAL's xl_prev chain links up as Postgres's would.
         let prev = if from == TIMELINE_START {
@@ -596,6 +668,18 @@ impl Sim {
         }
         prop.committed = commit;
         self.outcome.commits += 1;
+        let term = prop.core.term();
+        for (q, other) in self.proposers.iter().enumerate() {
+            if let Some(end) = other.synced
+                && other.core.term() > term
+                && commit > end
+            {
+                return Err(format!(
+                    "p{p} (term {term}) committed {commit}, beyond the end of WAL {end} that sync proposer p{q} (term {}) fixed",
+                    other.core.term()
+                ));
+            }
+        }
         let len = (commit.0 - TIMELINE_START.0) as usize;
         // The committed bytes are those a majority holds durably.
         let mut agreed: Option<Vec<u8>> = None;
@@ -652,7 +736,9 @@ impl Sim {
         let Some(compute) = prop.compute.as_mut() else {
             return Ok(());
         };
-        let budget_left = if faults {
+        let budget_left = if self.wal_stopped {
+            false
+        } else if faults {
             global_budget_left
         } else {
             compute.generated_after_heal < HEAL_WAL_BYTES
@@ -788,7 +874,14 @@ impl Sim {
             _ => {
                 let live = self.live_proposers();
                 if live == 0 || (self.faults && live < MAX_LIVE_PROPOSERS && self.rng.chance(20)) {
-                    self.start_proposer()?;
+                    // While faults are on, some are sync proposers (a compute's
+                    // replacement being prepared); once they stop, only computes' own.
+                    let mode = if self.faults && self.rng.chance(SYNC_PROPOSERS_PER_MILLE) {
+                        ProposerMode::Sync
+                    } else {
+                        ProposerMode::Stream
+                    };
+                    self.start_proposer(mode)?;
                 }
             }
         }
@@ -881,25 +974,14 @@ impl Sim {
 pub fn run(options: &SimOptions) -> Result<SimOutcome, SimFailure> {
     let mut sim = Sim::new(options.seed);
     let result = (|| -> SimResult<()> {
-        sim.start_proposer()?;
+        sim.start_proposer(ProposerMode::Stream)?;
         for _ in 0..options.steps {
             sim.step_once()?;
         }
-        // Liveness: with faults gone, some proposer must get elected and commit.
         sim.heal()?;
-        let committed_before = sim.committed.len();
-        for _ in 0..HEAL_STEPS {
-            sim.step_once()?;
-            let elected = sim.proposers.iter().any(|p| {
-                p.alive && p.committed >= p.core.term_start_lsn() && p.committed != Lsn::INVALID
-            });
-            if elected && sim.committed.len() > committed_before {
-                return Ok(());
-            }
-        }
-        Err(format!(
-            "no progress in {HEAL_STEPS} fault-free steps after healing"
-        ))
+        sim.await_progress()?;
+        sim.await_commit_known()?;
+        sim.await_sync()
     })();
     match result {
         Ok(()) => Ok(sim.outcome),
@@ -909,6 +991,114 @@ pub fn run(options: &SimOptions) -> Result<SimOutcome, SimFailure> {
             message,
             trace: sim.trace.into_iter().collect(),
         }),
+    }
+}
+
+impl Sim {
+    /// Liveness: with faults gone, some proposer must get elected and commit new WAL.
+    fn await_progress(&mut self) -> SimResult<()> {
+        let committed_before = self.committed.len();
+        for _ in 0..HEAL_STEPS {
+            self.step_once()?;
+            let elected = self.proposers.iter().any(|p| {
+                p.alive && p.committed >= p.core.term_start_lsn() && p.committed != Lsn::INVALID
+            });
+            if elected && self.committed.len() > committed_before {
+                return Ok(());
+            }
+        }
+        Err(format!(
+            "no progress in {HEAL_STEPS} fault-free steps after healing"
+        ))
+    }
+
+    /// Liveness once the compute stops writing: all it wrote gets committed, and every
+    /// safekeeper learns that commit LSN although no more WAL comes to carry it.
+    fn await_commit_known(&mut self) -> SimResult<()> {
+        self.wal_stopped = true;
+        self.log("computes stop writing WAL".into());
+        for _ in 0..HEAL_STEPS {
+            self.step_once()?;
+            if self.commit_known_everywhere().is_some() {
+                return Ok(());
+            }
+        }
+        let commits: Vec<String> = self
+            .safekeepers
+            .iter()
+            .map(|sk| {
+                sk.acceptor
+                    .as_ref()
+                    .map_or("down".to_string(), |a| a.control().commit_lsn.to_string())
+            })
+            .collect();
+        let proposers: Vec<String> = self
+            .proposers
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.alive)
+            .map(|(i, p)| {
+                format!(
+                    "p{i} {:?} term {} commit {} wal end {}",
+                    p.core.phase(),
+                    p.core.term(),
+                    p.core.commit_lsn(),
+                    p.core.wal_end()
+                )
+            })
+            .collect();
+        Err(format!(
+            "safekeepers did not learn the commit LSN in {HEAL_STEPS} steps once WAL stopped: safekeeper commit LSNs {commits:?}; live proposers {proposers:?}"
+        ))
+    }
+
+    /// The commit LSN of an elected proposer whose compute's WAL is all committed and
+    /// that every safekeeper knows, if there is one.
+    fn commit_known_everywhere(&self) -> Option<Lsn> {
+        self.proposers.iter().find_map(|p| {
+            let drained = p.compute.as_ref().is_some_and(|c| c.unsent.is_empty());
+            let commit = p.core.commit_lsn();
+            let settled = p.alive
+                && *p.core.phase() == Phase::Elected
+                && drained
+                && commit != Lsn::INVALID
+                && commit == p.core.wal_end();
+            let known = self.safekeepers.iter().all(|sk| {
+                sk.up
+                    && sk
+                        .acceptor
+                        .as_ref()
+                        .is_some_and(|a| a.control().commit_lsn >= commit)
+            });
+            (settled && known).then_some(commit)
+        })
+    }
+
+    /// Liveness and safety of sync-safekeepers after a compute died: with every other
+    /// proposer gone, a sync proposer finishes, at or above everything committed.
+    fn await_sync(&mut self) -> SimResult<()> {
+        for p in &mut self.proposers {
+            p.alive = false;
+        }
+        self.log("every proposer dies; a sync proposer starts".into());
+        self.start_proposer(ProposerMode::Sync)?;
+        let p = self.proposers.len() - 1;
+        for _ in 0..HEAL_STEPS {
+            self.step_once()?;
+            if let Some(end) = self.proposers[p].synced {
+                let committed = TIMELINE_START.plus(self.committed.len() as u64);
+                if end < committed {
+                    return Err(format!(
+                        "the final sync fixed the end of WAL at {end}, below the committed {committed}"
+                    ));
+                }
+                return Ok(());
+            }
+        }
+        Err(format!(
+            "the sync proposer did not finish in {HEAL_STEPS} fault-free steps (phase {:?})",
+            self.proposers[p].core.phase()
+        ))
     }
 }
 
