@@ -1,7 +1,8 @@
 //! `tarn endpoint start|stop|list`: disposable computes. An endpoint is an unmodified
-//! Postgres 15 booted on a branch from a basebackup the pageserver generates at the
-//! branch's newest committed LSN, with its own proposer streaming its new WAL to the
-//! safekeepers under the branch's timeline. Its data directory is never reused: every
+//! Postgres 15 booted on a branch from a basebackup the pageserver generates at the end
+//! of the branch's WAL (fixed by a sync of the safekeepers in a new term, which fences
+//! any earlier compute's proposer and includes every acknowledged commit), with its own
+//! proposer streaming its new WAL to the safekeepers under the branch's timeline. Its data directory is never reused: every
 //! start replaces it with a fresh basebackup (DESIGN.md decision 3), so the compute runs
 //! with `fsync=off` and `full_page_writes=off`.
 //!
@@ -45,7 +46,8 @@ const INGEST_TIMEOUT: Duration = Duration::from_secs(60);
 const PROPOSER_READY_TIMEOUT: Duration = Duration::from_secs(60);
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 const PAGESERVER_TIMEOUT: Duration = Duration::from_secs(60);
-const SAFEKEEPER_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the sync of the safekeepers may take (an election and a commit).
+const SYNC_TIMEOUT: Duration = Duration::from_secs(60);
 /// Between SIGTERM and SIGKILL of an endpoint's proposer.
 const PROPOSER_STOP_GRACE: Duration = Duration::from_secs(10);
 
@@ -68,6 +70,8 @@ pub enum EndpointError {
     Postgres(#[from] PostgresError),
     #[error("pageserver: {0}")]
     Pageserver(#[from] ClientError),
+    #[error("syncing the safekeepers: {0}")]
+    Sync(String),
     #[error("the pageserver refused: {0}")]
     Refused(String),
     #[error("{what} {path}: {source}")]
@@ -143,7 +147,8 @@ pub struct StartedEndpoint {
     pub lsn: Lsn,
     pub port: u16,
     pub connstring: String,
-    /// From asking for the basebackup to Postgres accepting connections.
+    /// From syncing the safekeepers (and asking for the basebackup) to Postgres
+    /// accepting connections.
     pub boot: Duration,
 }
 
@@ -187,21 +192,30 @@ pub fn start(
         .collect();
     let pageserver = branches.pageserver()?;
 
-    // The compute continues the timeline where its committed WAL ends: once the
-    // pageserver has ingested all of it, its newest LSN is that end.
-    let committed = committed_lsn(&safekeepers, branch.timeline_id);
-    let ingested = wait_for_ingest(pageserver, branch.timeline_id, committed)?;
-    let lsn = ingested.max_align();
-
-    let started = Instant::now();
-    if dir.exists() {
-        // The old data directory is never reused (see the module docs).
-        if data_dir.exists() {
-            fs::remove_dir_all(&data_dir).map_err(io_error("cannot remove", &data_dir))?;
-        }
+    // A previous compute of this endpoint that crashed may have left its proposer
+    // running: stop it (the sync's new term would fence it anyway).
+    if let Some(pid) = read_record(layout, name)?.and_then(|r| r.proposer_pid) {
+        stop_process(pid);
+    }
+    if name == MAIN
+        && let Some(pid) = branches
+            .manifest()
+            .component(layout::PROPOSER)
+            .and_then(|c| c.pid)
+    {
+        // `tarn up`'s proposer of a dead main compute would otherwise campaign
+        // against the new one.
+        stop_process(pid);
     }
     fs::create_dir_all(&dir).map_err(io_error("cannot create", &dir))?;
-    fetch_basebackup(pageserver, &branch, lsn, &data_dir)?;
+    let started = Instant::now();
+    let lsn = prepare_compute(
+        branches.manifest().system_id,
+        &safekeepers,
+        pageserver,
+        branch.timeline_id,
+        &data_dir,
+    )?;
     let mut cluster = PgCluster::open(&bins, &data_dir)?;
     let application_name = proposer_application_name(name);
     let mut settings: Vec<(&str, &str)> = ENDPOINT_SETTINGS.to_vec();
@@ -261,16 +275,48 @@ fn proposer_application_name(name: &str) -> String {
     format!("tarn_endpoint_{}", name.replace('-', "_"))
 }
 
-/// The highest commit LSN any safekeeper reports for `timeline` (none if no safekeeper
-/// holds it: a branch no compute has written to yet).
-fn committed_lsn(safekeepers: &[SocketAddr], timeline: TimelineId) -> Option<Lsn> {
-    safekeepers
-        .iter()
-        .filter_map(|addr| tarn_wal::safekeeper::query_status(*addr, SAFEKEEPER_TIMEOUT).ok())
-        .flat_map(|status| status.timelines)
-        .filter(|t| t.timeline_id == timeline)
-        .map(|t| t.commit_lsn)
-        .max()
+/// Makes `data_dir` a fresh data directory for a compute on `timeline`, at the end of
+/// its WAL: a sync of the safekeepers (a new term, which fences any earlier proposer)
+/// fixes that end to include everything a majority holds (so every commit ever
+/// acknowledged), the pageserver ingests up to it, and its basebackup there replaces
+/// whatever `data_dir` held. A timeline without WAL of its own (a branch no compute
+/// wrote to yet) starts at its branch point. Returns the LSN the compute boots at.
+pub(crate) fn prepare_compute(
+    system_id: u64,
+    safekeepers: &[SocketAddr],
+    pageserver: SocketAddr,
+    timeline: TimelineId,
+    data_dir: &Path,
+) -> Result<Lsn, EndpointError> {
+    let end = sync_safekeepers(system_id, safekeepers, timeline)?;
+    let ingested = wait_for_ingest(pageserver, timeline, end)?;
+    let lsn = end.unwrap_or(ingested.max_align());
+    if data_dir.exists() {
+        // The old data directory is never reused (see the module docs).
+        fs::remove_dir_all(data_dir).map_err(io_error("cannot remove", data_dir))?;
+    }
+    fetch_basebackup(pageserver, timeline, lsn, data_dir)?;
+    Ok(lsn)
+}
+
+/// The end of `timeline`'s WAL after a sync, or `None` if no safekeeper holds it.
+fn sync_safekeepers(
+    system_id: u64,
+    safekeepers: &[SocketAddr],
+    timeline: TimelineId,
+) -> Result<Option<Lsn>, EndpointError> {
+    let config = tarn_wal::proposer::SyncConfig {
+        safekeepers: safekeepers.iter().map(SocketAddr::to_string).collect(),
+        timeline_id: timeline,
+        system_id: tarn_wal::SystemId(system_id),
+        segment_size_bytes: tarn_wal::proposer::service::POSTGRES_SEGMENT_SIZE_BYTES,
+        timeout: SYNC_TIMEOUT,
+    };
+    match tarn_wal::proposer::sync_safekeepers(config) {
+        Ok(end) => Ok(Some(end)),
+        Err(tarn_wal::proposer::ProposerError::EmptyTimeline { .. }) => Ok(None),
+        Err(e) => Err(EndpointError::Sync(e.to_string())),
+    }
 }
 
 /// Waits until the pageserver has ingested `timeline` up to `committed`; returns its
@@ -310,11 +356,11 @@ fn wait_for_ingest(
     }
 }
 
-/// Unpacks the pageserver's basebackup of `branch` at `lsn` into `data_dir`, owned by
-/// the user Postgres runs as.
+/// Unpacks the pageserver's basebackup of `timeline` at `lsn` into `data_dir`, owned
+/// by the user Postgres runs as.
 fn fetch_basebackup(
     pageserver: SocketAddr,
-    branch: &Branch,
+    timeline: TimelineId,
     lsn: Lsn,
     data_dir: &Path,
 ) -> Result<(), EndpointError> {
@@ -326,7 +372,7 @@ fn fetch_basebackup(
     }
     let mut unpacker = TarUnpacker::new(sink);
     let mut client = PageserverClient::connect(pageserver, PAGESERVER_TIMEOUT)?;
-    match client.basebackup(branch.timeline_id, lsn, &mut unpacker)? {
+    match client.basebackup(timeline, lsn, &mut unpacker)? {
         Response::BasebackupDone { .. } => {}
         Response::Error { message, .. } => return Err(EndpointError::Refused(message)),
         other => {
@@ -424,6 +470,14 @@ fn wait_until_sync(
         }
         thread::sleep(POLL_INTERVAL);
     }
+}
+
+/// The postmaster pid and port of the endpoint on branch `name`, if it runs.
+pub fn running_endpoint(layout: &ClusterLayout, name: &str) -> Option<(u32, u16)> {
+    let record = read_record(layout, name).ok()??;
+    let bins = PgBinaries::locate().ok()?;
+    let cluster = PgCluster::open(&bins, &record.data_dir).ok()?;
+    Some((cluster.postmaster_pid()?, record.port))
 }
 
 /// Stops the endpoint on branch `name`: Postgres first (a fast shutdown waits for the

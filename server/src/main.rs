@@ -469,8 +469,8 @@ struct SafekeeperArgs {
 #[derive(Debug, clap::Args)]
 struct ProposerArgs {
     /// libpq connection string of the Postgres primary, e.g. "host=127.0.0.1 port=55432 user=postgres".
-    #[arg(long)]
-    postgres: String,
+    #[arg(long, required_unless_present = "sync_safekeepers")]
+    postgres: Option<String>,
     /// Safekeeper addresses (host:port), comma-separated.
     #[arg(long, value_delimiter = ',', required = true, value_parser = parse_host_port)]
     safekeepers: Vec<String>,
@@ -478,8 +478,8 @@ struct ProposerArgs {
     #[arg(long)]
     timeline_id: TimelineId,
     /// application_name to connect with (named in synchronous_standby_names).
-    #[arg(long)]
-    application_name: String,
+    #[arg(long, required_unless_present = "sync_safekeepers")]
+    application_name: Option<String>,
     /// Where the proposer writes its state for `tarn status`.
     #[arg(long)]
     state_file: Option<PathBuf>,
@@ -487,6 +487,17 @@ struct ProposerArgs {
     /// booted from a basebackup); default: the start of Postgres's current segment.
     #[arg(long)]
     timeline_start: Option<Lsn>,
+    /// Without Postgres: win a new term (fencing the old proposer), commit the end of
+    /// the timeline's WAL on a majority, print that LSN and exit. A replacement compute
+    /// starts there.
+    #[arg(long, requires = "system_id", conflicts_with_all = ["postgres", "application_name", "state_file", "timeline_start"])]
+    sync_safekeepers: bool,
+    /// With --sync-safekeepers: the database system id the timeline belongs to.
+    #[arg(long)]
+    system_id: Option<u64>,
+    /// With --sync-safekeepers: give up after this many seconds.
+    #[arg(long, default_value_t = tarn_wal::proposer::DEFAULT_SYNC_TIMEOUT.as_secs())]
+    sync_timeout_secs: u64,
 }
 
 fn parse_safekeeper_ports(text: &str) -> Result<[u16; SAFEKEEPER_COUNT], String> {
@@ -985,11 +996,33 @@ fn run_getpage(args: GetpageArgs) -> anyhow::Result<()> {
 }
 
 fn run_proposer_role(args: ProposerArgs) -> anyhow::Result<()> {
+    if args.sync_safekeepers {
+        let system_id = args
+            .system_id
+            .context("--sync-safekeepers needs --system-id")?;
+        let end = tarn_wal::proposer::sync_safekeepers(tarn_wal::proposer::SyncConfig {
+            safekeepers: args.safekeepers,
+            timeline_id: args.timeline_id,
+            system_id: tarn_wal::SystemId(system_id),
+            segment_size_bytes: POSTGRES_SEGMENT_SIZE_BYTES,
+            timeout: std::time::Duration::from_secs(args.sync_timeout_secs),
+        })?;
+        println!("{end}");
+        return Ok(());
+    }
+    // Streaming, the system id comes from Postgres itself.
+    anyhow::ensure!(
+        args.system_id.is_none(),
+        "--system-id is only for --sync-safekeepers"
+    );
+    let (Some(postgres), Some(application_name)) = (args.postgres, args.application_name) else {
+        anyhow::bail!("--postgres and --application-name are required without --sync-safekeepers");
+    };
     tarn_wal::proposer::run(tarn_wal::proposer::ProposerConfig {
-        postgres: args.postgres,
+        postgres,
         safekeepers: args.safekeepers,
         timeline_id: args.timeline_id,
-        application_name: args.application_name,
+        application_name,
         state_file: args.state_file,
         timeline_start: args.timeline_start,
     })?;

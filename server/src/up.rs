@@ -1,7 +1,14 @@
 //! `tarn up`: creates or reuses a cluster directory and runs a whole local cluster in
-//! the foreground: 3 safekeepers, PostgreSQL 15 configured with the proposer as its
-//! synchronous standby, the proposer, and the pageserver (seeded once from a copy of
-//! the data directory taken before Postgres's first start), each as a child process.
+//! the foreground: 3 safekeepers, the pageserver (seeded once from a copy of the data
+//! directory taken before Postgres's first start), PostgreSQL 15 configured with the
+//! proposer as its synchronous standby, and the proposer, each as a child process.
+//!
+//! The compute is disposable (DESIGN.md, decision 3): Postgres runs with `fsync=off`
+//! and `full_page_writes=off`, and its data directory is never reused. On every start
+//! of an existing cluster (after a clean stop, a crash, or with `D/postgres` deleted),
+//! `tarn up` syncs the safekeepers (a new term fixes the end of the WAL to include every
+//! acknowledged commit), waits for the pageserver to ingest up to it, and boots a fresh
+//! Postgres from the pageserver's basebackup there.
 //!
 //! The supervisor only watches: a component that dies is reported, never restarted
 //! (operators and tests restart components explicitly, from the command line recorded
@@ -11,7 +18,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -36,16 +43,16 @@ pub const PROPOSER_APPLICATION_NAME: &str = "tarn_proposer";
 
 /// Postgres settings for running under tarn. `wal_keep_size` keeps enough WAL for a
 /// restarting proposer to re-read what the quorum has not committed yet. `fsync` and
-/// `full_page_writes` stay on until a restarted compute gets a fresh data directory
-/// from the pageserver (DESIGN.md, decision 3).
+/// `full_page_writes` are off: durability is the quorum's, and a compute's data
+/// directory is never reused after it stops (DESIGN.md, decision 3).
 pub const POSTGRES_SETTINGS: &[(&str, &str)] = &[
     ("synchronous_standby_names", PROPOSER_APPLICATION_NAME),
     ("synchronous_commit", "on"),
     ("wal_level", "replica"),
     ("max_wal_senders", "10"),
     ("wal_keep_size", "1GB"),
-    ("fsync", "on"),
-    ("full_page_writes", "on"),
+    ("fsync", "off"),
+    ("full_page_writes", "off"),
 ];
 
 /// How long a safekeeper may take to start listening.
@@ -144,15 +151,6 @@ pub enum UpError {
         expected: u64,
     },
     #[error(
-        "{} records a cluster but its Postgres data directory {} is missing",
-        manifest.display(),
-        data_dir.display()
-    )]
-    MissingDataDirectory {
-        manifest: PathBuf,
-        data_dir: PathBuf,
-    },
-    #[error(
         "{} exists but {} does not: an earlier `tarn up` stopped while creating the cluster; remove {} to start over",
         data_dir.display(),
         manifest.display(),
@@ -200,6 +198,17 @@ pub enum UpError {
         log.display()
     )]
     ProposerNotReady { timeout: Duration, log: PathBuf },
+    #[error(
+        "{} records a cluster created before tarn ran a pageserver: its compute cannot be rebuilt; start over in a new directory",
+        manifest.display()
+    )]
+    NoPageserver { manifest: PathBuf },
+    #[error(
+        "an endpoint on branch main is running (postmaster pid {pid}, port {port}); stop it first: tarn endpoint stop main"
+    )]
+    MainEndpointRunning { pid: u32, port: u16 },
+    #[error("rebuilding the compute from the pageserver: {0}")]
+    Recovery(#[from] crate::endpoint::EndpointError),
     #[error("cannot prepare the pageserver's base copy: {0}")]
     BaseCopy(String),
     #[error("interrupted during startup")]
@@ -243,8 +252,9 @@ pub fn run(options: UpOptions) -> Result<(), UpError> {
 
     let recorded = ClusterManifest::read(&layout)?;
     let data_dir = layout.postgres_data_dir();
-    let existing_cluster = match (&recorded, data_dir.exists()) {
-        (Some(_), true) => {
+    match (&recorded, data_dir.exists()) {
+        (Some(manifest), true) => {
+            // About to be replaced by a fresh one; make sure it is ours and not running.
             let cluster = PgCluster::open(&bins, &data_dir)?;
             if let Some(pid) = cluster.postmaster_pid() {
                 return Err(UpError::StalePostgres {
@@ -253,14 +263,18 @@ pub fn run(options: UpOptions) -> Result<(), UpError> {
                     pid,
                 });
             }
-            Some(cluster)
+            if let Ok(found) = cluster.system_id()
+                && found != manifest.system_id
+            {
+                return Err(UpError::ForeignDataDirectory {
+                    dir: layout.dir.clone(),
+                    found,
+                    expected: manifest.system_id,
+                });
+            }
         }
-        (Some(_), false) => {
-            return Err(UpError::MissingDataDirectory {
-                manifest: layout.manifest_path(),
-                data_dir,
-            });
-        }
+        // A lost data directory is rebuilt from the pageserver.
+        (Some(_), false) => {}
         (None, true) => {
             return Err(UpError::HalfCreated {
                 dir: layout.dir.clone(),
@@ -268,29 +282,32 @@ pub fn run(options: UpOptions) -> Result<(), UpError> {
                 manifest: layout.manifest_path(),
             });
         }
-        (None, false) => None,
-    };
+        (None, false) => {}
+    }
+    if recorded.is_some() && read_base_info(&layout)?.is_none() {
+        // Its compute cannot be rebuilt: say so before starting anything.
+        return Err(UpError::NoPageserver {
+            manifest: layout.manifest_path(),
+        });
+    }
+    if let Some((pid, port)) = crate::endpoint::running_endpoint(&layout, crate::branch::MAIN) {
+        return Err(UpError::MainEndpointRunning { pid, port });
+    }
     ensure_ports_free(&options)?;
 
-    let (mut cluster, mut manifest) = match (existing_cluster, recorded) {
-        (Some(cluster), Some(manifest)) => {
-            let found = cluster.system_id()?;
-            if found != manifest.system_id {
-                return Err(UpError::ForeignDataDirectory {
-                    dir: layout.dir.clone(),
-                    found,
-                    expected: manifest.system_id,
-                });
-            }
-            tracing::info!(dir = %layout.dir.display(), system_id = found, "reusing cluster");
-            (cluster, manifest)
+    let (fresh_cluster, mut manifest) = match recorded {
+        Some(manifest) => {
+            tracing::info!(dir = %layout.dir.display(), system_id = manifest.system_id, "reusing cluster");
+            (None, manifest)
         }
-        _ => create_cluster(&bins, &layout, &options)?,
+        None => {
+            let (cluster, manifest) = create_cluster(&bins, &layout, &options)?;
+            (Some(cluster), manifest)
+        }
     };
     manifest.postgres_port = options.postgres_port;
     manifest.safekeeper_ports = options.safekeeper_ports.to_vec();
     manifest.pageserver_port = Some(options.pageserver_port);
-    cluster.set_settings(POSTGRES_SETTINGS)?;
     let logs_dir = layout.logs_dir();
     fs::create_dir_all(&logs_dir).map_err(io_error("cannot create", &logs_dir))?;
 
@@ -325,47 +342,6 @@ pub fn run(options: UpOptions) -> Result<(), UpError> {
         component
             .wait_until_listening(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port), &interrupted)?;
     }
-
-    if interrupted() {
-        return Err(UpError::Interrupted);
-    }
-    cluster.start(options.postgres_port)?;
-    let postgres_record = ComponentRecord {
-        pid: cluster.postmaster_pid(),
-        argv: cluster.start_argv(),
-        log_path: cluster.log_path(),
-    };
-    tracing::info!(pid = ?postgres_record.pid, port = options.postgres_port, "started postgres");
-    running.postgres = Some(cluster);
-
-    let safekeeper_list = options
-        .safekeeper_ports
-        .iter()
-        .map(|port| format!("{LISTEN_HOST}:{port}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let proposer_argv = vec![
-        exe.clone(),
-        "proposer".into(),
-        "--postgres".into(),
-        format!(
-            "host={LISTEN_HOST} port={} user={SUPERUSER}",
-            options.postgres_port
-        ),
-        "--safekeepers".into(),
-        safekeeper_list,
-        "--timeline-id".into(),
-        manifest.timeline_id.to_string(),
-        "--application-name".into(),
-        PROPOSER_APPLICATION_NAME.into(),
-        "--state-file".into(),
-        layout.proposer_state_file().to_string_lossy().into_owned(),
-    ];
-    running.proposer = Some(Component::spawn(
-        layout::PROPOSER,
-        proposer_argv,
-        layout.log_path(layout::PROPOSER),
-    )?);
 
     match read_base_info(&layout)? {
         Some(base_info) => {
@@ -415,6 +391,81 @@ pub fn run(options: UpOptions) -> Result<(), UpError> {
             manifest.pageserver_port = None;
         }
     }
+
+    // A fresh cluster boots from its initdb directory; an existing one from the
+    // pageserver, at the end of its WAL (see the module docs).
+    let mut cluster = match fresh_cluster {
+        Some(cluster) => cluster,
+        None => {
+            if interrupted() {
+                return Err(UpError::Interrupted);
+            }
+            if running.pageserver.is_none() {
+                return Err(UpError::NoPageserver {
+                    manifest: layout.manifest_path(),
+                });
+            }
+            let safekeepers: Vec<SocketAddr> = options
+                .safekeeper_ports
+                .iter()
+                .map(|port| SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, *port)))
+                .collect();
+            let pageserver = SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::LOCALHOST,
+                options.pageserver_port,
+            ));
+            let lsn = crate::endpoint::prepare_compute(
+                manifest.system_id,
+                &safekeepers,
+                pageserver,
+                manifest.timeline_id,
+                &data_dir,
+            )?;
+            tracing::info!(%lsn, "booting a fresh Postgres from the pageserver's basebackup");
+            PgCluster::open(&bins, &data_dir)?
+        }
+    };
+    cluster.set_settings(POSTGRES_SETTINGS)?;
+    if interrupted() {
+        return Err(UpError::Interrupted);
+    }
+    cluster.start(options.postgres_port)?;
+    let postgres_record = ComponentRecord {
+        pid: cluster.postmaster_pid(),
+        argv: cluster.start_argv(),
+        log_path: cluster.log_path(),
+    };
+    tracing::info!(pid = ?postgres_record.pid, port = options.postgres_port, "started postgres");
+    running.postgres = Some(cluster);
+
+    let safekeeper_list = options
+        .safekeeper_ports
+        .iter()
+        .map(|port| format!("{LISTEN_HOST}:{port}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let proposer_argv = vec![
+        exe.clone(),
+        "proposer".into(),
+        "--postgres".into(),
+        format!(
+            "host={LISTEN_HOST} port={} user={SUPERUSER}",
+            options.postgres_port
+        ),
+        "--safekeepers".into(),
+        safekeeper_list,
+        "--timeline-id".into(),
+        manifest.timeline_id.to_string(),
+        "--application-name".into(),
+        PROPOSER_APPLICATION_NAME.into(),
+        "--state-file".into(),
+        layout.proposer_state_file().to_string_lossy().into_owned(),
+    ];
+    running.proposer = Some(Component::spawn(
+        layout::PROPOSER,
+        proposer_argv,
+        layout.log_path(layout::PROPOSER),
+    )?);
 
     manifest.supervisor_pid = Some(std::process::id());
     manifest.components = running.records();

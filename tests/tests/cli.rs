@@ -199,7 +199,8 @@ fn up_explains_an_incomplete_cluster_directory() {
         "{line}"
     );
 
-    // tarn.json is there but the data directory is gone.
+    // tarn.json is there but no pageserver was ever seeded: the compute cannot be
+    // rebuilt (a cluster with one rebuilds a lost data directory from it).
     let orphan = ClusterLayout::new(dir.join("orphan"));
     fs::create_dir_all(&orphan.dir).expect("mkdir");
     ClusterManifest {
@@ -221,7 +222,7 @@ fn up_explains_an_incomplete_cluster_directory() {
         "--port",
         &port_arg,
     ]));
-    assert!(line.contains("is missing"), "{line}");
+    assert!(line.contains("cannot be rebuilt"), "{line}");
 }
 
 #[test]

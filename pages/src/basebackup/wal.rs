@@ -38,7 +38,6 @@ pub const XLOG_CHECKPOINT_SHUTDOWN: u8 = 0x00;
 /// XLOG_BLCKSZ as a `usize`.
 const PAGE_BYTES: usize = XLOG_BLCKSZ as usize;
 
-
 /// The size of the page header of the page holding `lsn`.
 fn page_header_bytes(lsn: u64, segment_size_bytes: u64) -> u64 {
     if lsn % segment_size_bytes < XLOG_BLCKSZ {

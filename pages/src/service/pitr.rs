@@ -66,16 +66,21 @@ pub fn first_commit_after(
     timeout: Duration,
 ) -> Result<Option<Lsn>, PitrError> {
     let mut found = None;
-    scan_records(source, timeline, from, to, timeout, |raw| {
-        match commit_time(raw) {
+    scan_records(
+        source,
+        timeline,
+        from,
+        to,
+        timeout,
+        |raw| match commit_time(raw) {
             Ok(Some(commit_time)) if commit_time > time => {
                 found = Some(raw.lsn);
                 Ok(ControlFlow::Break(()))
             }
             Ok(_) => Ok(ControlFlow::Continue(())),
             Err(detail) => Err(detail),
-        }
-    })?;
+        },
+    )?;
     Ok(found)
 }
 

@@ -17,10 +17,10 @@ use tarn_wal::format::WalStreamParams;
 use tarn_wal::{Lsn, TimelineId};
 
 use super::follower::WalFollower;
+use super::pitr::last_record_start;
 use super::protocol::{
     BASEBACKUP_CHUNK_BYTES, ErrorCode, GetPageStats, RelRequest, Request, Response,
 };
-use super::pitr::last_record_start;
 use crate::basebackup::{BasebackupError, BasebackupOptions, TarWriter, write_basebackup};
 use crate::ingest::CheckpointState;
 use crate::ingest::{DEFAULT_IMAGE_THRESHOLD_DELTAS, IngestConfig, Ingester};
