@@ -10,6 +10,9 @@
 # standby), then `tarn endpoint stop`. Everything started is stopped at exit. Not run
 # by CI.
 #
+# Before each size, the script waits until the pageserver has ingested all of
+# Postgres's WAL and creates one unmeasured branch (see `settle`).
+#
 # Usage: benches/branch.sh [DIR]      (default /tmp/tarn-bench-branch; removed first)
 # Environment: PORT=58532 SCALE=70 ROUNDS=3
 set -euo pipefail
@@ -69,8 +72,24 @@ EP_PORT=$((PORT + 10))
 RESULTS="$DIR/results.tsv"
 printf 'size\tdb_bytes\tround\tbranch_ms_pageserver\tbranch_ms_wall\tboot_ms\tstart_ms_wall\n' >"$RESULTS"
 
+# Waits until the pageserver has ingested everything Postgres wrote, then creates one
+# branch that is not measured: the measured ones then do not include catching up
+# (or the first flush of the parent's open layer, which branch creation makes durable).
+settle() { # label
+    local target ingested
+    target="$(sql "SELECT pg_current_wal_lsn()")"
+    for n in $(seq 600); do
+        ingested="$("$TARN" status --dir "$CLUSTER" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["pageserver"]["last_ingested_lsn"] or "")')"
+        python3 -c 'import sys; f=lambda s:(int(s.split("/")[0],16)<<32)|int(s.split("/")[1],16); sys.exit(0 if sys.argv[1] and f(sys.argv[1])>=f(sys.argv[2]) else 1)' "$ingested" "$target" && break
+        [ "$n" -eq 600 ] && die "the pageserver did not reach $target"
+        sleep 0.5
+    done
+    "$TARN" branch create "$1-warmup" --dir "$CLUSTER" >/dev/null
+}
+
 measure() { # size label
     local label="$1" bytes
+    settle "$label"
     bytes="$(sql "SELECT pg_database_size('postgres')")"
     for round in $(seq "$ROUNDS"); do
         local name="$label-$round" t0 t1 out ps_ms boot_ms t2 t3

@@ -6,13 +6,14 @@
 #   c) PostgreSQL with fsync=off and full_page_writes=off, and tarn (3 safekeepers +
 #      proposer via `tarn up`) as its synchronous standby: the configuration tarn is
 #      for (DESIGN.md, decision 3)
-#   d) `tarn up` as it ships today (fsync and full_page_writes on), for reference
+#   d) `tarn up` with fsync and full_page_writes turned back on, for reference
 # Each runs alone (the previous one is stopped first), with the same Postgres settings
 # otherwise: pgbench -i -s SCALE, CHECKPOINT, then pgbench -n -c CLIENTS -j CLIENTS
 # -T DURATION. WAL bytes per transaction = pg_current_wal_lsn() delta / transactions.
 #
-# (c) switches fsync and full_page_writes off with ALTER SYSTEM + pg_reload_conf() once
-# `tarn up` is ready: both are reloadable settings, so tarn itself needs no change.
+# `tarn up` runs Postgres with fsync and full_page_writes off (its compute is rebuilt
+# from the pageserver after a crash); (c) makes sure of it and (d) turns both back on
+# with ALTER SYSTEM + pg_reload_conf() (both are reloadable).
 #
 # As root, Postgres (initdb, pg_ctl, pg_basebackup) runs as the `postgres` user, as
 # tarn does. Not run by CI.
@@ -217,16 +218,17 @@ run_tarn() { # label fsync_off(0|1)
         [ "$n" -eq "$READY_POLLS" ] && die "tarn up was not ready; see $DIR/$label-tarn.stderr"
         sleep 0.1
     done
-    if [ "$fsync_off" = 1 ]; then
-        psql_at "$port" "ALTER SYSTEM SET fsync = off" >/dev/null
-        psql_at "$port" "ALTER SYSTEM SET full_page_writes = off" >/dev/null
-        psql_at "$port" "SELECT pg_reload_conf()" >/dev/null
-        for n in $(seq "$READY_POLLS"); do
-            [ "$(psql_at "$port" "SHOW fsync")/$(psql_at "$port" "SHOW full_page_writes")" = "off/off" ] && break
-            [ "$n" -eq "$READY_POLLS" ] && die "fsync/full_page_writes did not turn off"
-            sleep 0.1
-        done
-    fi
+    # tarn up runs Postgres with both off; (d) turns them back on for reference.
+    local want=off
+    [ "$fsync_off" = 1 ] || want=on
+    psql_at "$port" "ALTER SYSTEM SET fsync = $want" >/dev/null
+    psql_at "$port" "ALTER SYSTEM SET full_page_writes = $want" >/dev/null
+    psql_at "$port" "SELECT pg_reload_conf()" >/dev/null
+    for n in $(seq "$READY_POLLS"); do
+        [ "$(psql_at "$port" "SHOW fsync")/$(psql_at "$port" "SHOW full_page_writes")" = "$want/$want" ] && break
+        [ "$n" -eq "$READY_POLLS" ] && die "fsync/full_page_writes did not turn $want"
+        sleep 0.1
+    done
     wait_sync_standby "$port" tarn_proposer
     bench "$label" "$port"
     "$TARN" status --dir "$d" >"$RESULTS/$label.status.txt" 2>&1 || true

@@ -556,3 +556,22 @@ pub fn process_is_running(pid: u32) -> bool {
             .is_some_and(|state| state != "Z" && state != "X")
     })
 }
+
+/// Runs `sql` with `psql` against 127.0.0.1:`port` (database `postgres`, user
+/// `postgres`) and returns its unaligned, tuples-only output; panics with psql's error
+/// if it fails.
+pub fn psql_at(port: u16, sql: &str) -> String {
+    let out = Command::new(pg().tool("psql"))
+        .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
+        .args(["-d", "postgres", "-c", sql])
+        .env_remove("PGDATABASE")
+        .output()
+        .unwrap_or_else(|e| panic!("psql: {e}"));
+    assert!(
+        out.status.success(),
+        "psql on port {port}: {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}

@@ -236,3 +236,24 @@ pub fn wal_stream_params(control: &BTreeMap<String, String>) -> WalStreamParams 
         .expect("system id");
     WalStreamParams::new(segment_size_bytes, Some(SystemId(system_id))).expect("stream params")
 }
+
+/// Runs a server-side tool (pg_resetwal, pg_checksums, ...) as the owner of the data
+/// directories: `postgres` when we are root (those tools refuse root, or would leave
+/// root-owned files), else ourselves.
+pub fn run_as_owner(tool: &Path, args: &[&str]) -> Output {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let mut command = if root {
+        let mut command = Command::new("runuser");
+        command.args(["-u", "postgres", "--"]).arg(tool);
+        command
+    } else {
+        Command::new(tool)
+    };
+    command
+        .args(args)
+        .env("LC_ALL", "C")
+        .current_dir("/")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", tool.display()))
+}

@@ -39,7 +39,7 @@ use std::io::BufWriter;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
 use tarn_pages::basebackup::{
@@ -54,7 +54,7 @@ use tarn_pages::store::{StoreConfig, TimelineStore};
 use tarn_pages::{BLCKSZ, Page};
 use tarn_tests::pgdata::{
     DiffFormat, copy_tree, describe_diff, pg_controldata, pg_waldump_output, redo_settings,
-    wal_stream_params,
+    run_as_owner, wal_stream_params,
 };
 use tarn_tests::{
     PgCluster, StopMode, TarnUp, TempDir, free_port, free_port_range, pg, run_tarn, wait_for,
@@ -141,26 +141,6 @@ fn chown_tree(path: &Path, owner: (u32, u32)) {
             chown_tree(&entry.expect("entry").path(), owner);
         }
     }
-}
-
-/// Runs a server-side tool as the owner of the data directories (`postgres` when we
-/// are root: pg_checksums must not leave root-owned files).
-fn run_as_owner(tool: &Path, args: &[&str]) -> Output {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let mut command = if root {
-        let mut command = Command::new("runuser");
-        command.args(["-u", "postgres", "--"]).arg(tool);
-        command
-    } else {
-        Command::new(tool)
-    };
-    command
-        .args(args)
-        .env("LC_ALL", "C")
-        .current_dir("/")
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", tool.display()))
 }
 
 fn run_workload(cluster: &PgCluster) -> Facts {

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use tarn_server::postgres::PgBinaries;
-use tarn_tests::{TarnUp, TempDir, free_port, free_port_range, pg, run_tarn};
+use tarn_tests::{TarnUp, TempDir, free_port, free_port_range, pg, psql_at, run_tarn};
 
 const SQL_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -54,22 +54,6 @@ impl Drop for Endpoints<'_> {
             let _ = run_tarn(&["endpoint", "stop", name, "--dir", self.cluster]);
         }
     }
-}
-
-fn psql(bins: &PgBinaries, port: u16, sql: &str) -> String {
-    let out = Command::new(bins.tool("psql"))
-        .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
-        .args(["-d", "postgres", "-c", sql])
-        .env_remove("PGDATABASE")
-        .output()
-        .unwrap_or_else(|e| panic!("psql: {e}"));
-    assert!(
-        out.status.success(),
-        "psql on port {port}: {sql}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 fn pg_dump(bins: &PgBinaries, port: u16) -> String {
@@ -176,22 +160,22 @@ fn branch_at_an_lsn_boots_an_isolated_endpoint() {
 
     // Exactly the state at the branch point.
     assert_eq!(
-        psql(&bins, dev_port, "SELECT count(*), sum(id) FROM t"),
+        psql_at(dev_port, "SELECT count(*), sum(id) FROM t"),
         "100|5050"
     );
     assert_eq!(
-        psql(&bins, dev_port, "SELECT count(*) FROM t WHERE id = 5"),
+        psql_at(dev_port, "SELECT count(*) FROM t WHERE id = 5"),
         "1"
     );
     assert_eq!(
-        psql(&bins, dev_port, "SELECT to_regclass('later') IS NULL"),
+        psql_at(dev_port, "SELECT to_regclass('later') IS NULL"),
         "t"
     );
     assert_eq!(pg_dump(&bins, dev_port), dump_at_branch_point);
 
     // Writes on the branch stay there; writes on main stay on main.
-    psql(&bins, dev_port, "INSERT INTO t VALUES (1000, 'on dev')");
-    psql(&bins, dev_port, "UPDATE notes SET note = 'changed on dev'");
+    psql_at(dev_port, "INSERT INTO t VALUES (1000, 'on dev')");
+    psql_at(dev_port, "UPDATE notes SET note = 'changed on dev'");
     main.psql("INSERT INTO t VALUES (2000, 'on main')")
         .expect("main insert");
     assert_eq!(
@@ -204,19 +188,19 @@ fn branch_at_an_lsn_boots_an_isolated_endpoint() {
         "before the branch"
     );
     assert_eq!(
-        psql(&bins, dev_port, "SELECT count(*) FROM t WHERE id = 2000"),
+        psql_at(dev_port, "SELECT count(*) FROM t WHERE id = 2000"),
         "0"
     );
     let bulk = "INSERT INTO t SELECT g, 'bulk' FROM generate_series(3000, 5000) g";
-    psql(&bins, dev_port, bulk);
-    psql(&bins, dev_port, "CHECKPOINT");
+    psql_at(dev_port, bulk);
+    psql_at(dev_port, "CHECKPOINT");
 
     // A fresh start of the endpoint (a new data directory from the pageserver, at the
     // branch's newest committed LSN) keeps the branch's writes.
     endpoints.stop("dev");
     endpoints.start("dev", dev_port);
     assert_eq!(
-        psql(&bins, dev_port, "SELECT count(*), sum(id) FROM t"),
+        psql_at(dev_port, "SELECT count(*), sum(id) FROM t"),
         format!(
             "{}|{}",
             100 + 1 + 2001,
@@ -224,11 +208,11 @@ fn branch_at_an_lsn_boots_an_isolated_endpoint() {
         )
     );
     assert_eq!(
-        psql(&bins, dev_port, "SELECT note FROM notes"),
+        psql_at(dev_port, "SELECT note FROM notes"),
         "changed on dev"
     );
     let check = "SELECT count(*) FROM t WHERE id BETWEEN 3000 AND 5000 AND v = 'bulk'";
-    assert_eq!(psql(&bins, dev_port, check), "2001");
+    assert_eq!(psql_at(dev_port, check), "2001");
     let listed = run_tarn(&["endpoint", "list", "--dir", &cluster]);
     let listed = String::from_utf8_lossy(&listed.stdout);
     assert!(listed.contains("dev\tport"), "{listed}");
@@ -261,20 +245,13 @@ fn branch_at_an_lsn_boots_an_isolated_endpoint() {
     );
     let restore_port = free_port();
     endpoints.start("restore", restore_port);
+    assert_eq!(psql_at(restore_port, "SELECT count(*) FROM t"), rows_before);
     assert_eq!(
-        psql(&bins, restore_port, "SELECT count(*) FROM t"),
-        rows_before
-    );
-    assert_eq!(
-        psql(&bins, restore_port, "SELECT count(*) FROM t WHERE id <= 10"),
+        psql_at(restore_port, "SELECT count(*) FROM t WHERE id <= 10"),
         "9"
     );
     assert_eq!(
-        psql(
-            &bins,
-            restore_port,
-            "SELECT count(*) FROM t WHERE id = 3001"
-        ),
+        psql_at(restore_port, "SELECT count(*) FROM t WHERE id = 3001"),
         "0"
     );
     endpoints.stop("restore");

@@ -15,7 +15,7 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use tarn_tests::sql::{SqlConnection, SqlError};
-use tarn_tests::{TarnUp, TempDir, free_port, free_port_range, pg, run_tarn, wait_for};
+use tarn_tests::{TarnUp, TempDir, free_port, free_port_range, pg, psql_at, run_tarn, wait_for};
 
 const QUERY_TIMEOUT: Duration = Duration::from_secs(60);
 const CLIENTS: i64 = 3;
@@ -89,21 +89,6 @@ impl Drop for Tally {
     }
 }
 
-fn psql(port: u16, sql: &str) -> String {
-    let out = Command::new(pg().tool("psql"))
-        .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
-        .args(["-d", "postgres", "-c", sql])
-        .output()
-        .unwrap_or_else(|e| panic!("psql: {e}"));
-    assert!(
-        out.status.success(),
-        "psql on port {port}: {sql}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 fn pgbench(port: u16, args: &[&str]) -> Command {
     let mut command = Command::new(pg().tool("pgbench"));
     command
@@ -118,7 +103,7 @@ fn pgbench(port: u16, args: &[&str]) -> Command {
 
 /// What every check of a rebuilt compute asserts.
 fn check_compute(port: u16, acked: &BTreeSet<i64>, unknown: &BTreeSet<i64>) {
-    let present: BTreeSet<i64> = psql(port, "SELECT id FROM tally ORDER BY id")
+    let present: BTreeSet<i64> = psql_at(port, "SELECT id FROM tally ORDER BY id")
         .lines()
         .map(|line| line.parse().expect("an id"))
         .collect();
@@ -134,7 +119,7 @@ fn check_compute(port: u16, acked: &BTreeSet<i64>, unknown: &BTreeSet<i64>) {
         .collect();
     assert!(phantom.is_empty(), "rows nobody committed: {phantom:?}");
     // Every pgbench transaction moves the same delta into all four tables.
-    let sums = psql(
+    let sums = psql_at(
         port,
         "SELECT (SELECT sum(abalance) FROM pgbench_accounts), (SELECT sum(bbalance) FROM pgbench_branches), \
          (SELECT sum(tbalance) FROM pgbench_tellers), (SELECT coalesce(sum(delta), 0) FROM pgbench_history)",
@@ -144,9 +129,9 @@ fn check_compute(port: u16, acked: &BTreeSet<i64>, unknown: &BTreeSet<i64>) {
         sums.iter().all(|s| *s == sums[0]),
         "pgbench balances disagree: {sums:?}"
     );
-    psql(port, "CREATE EXTENSION IF NOT EXISTS amcheck");
-    psql(port, "CREATE EXTENSION IF NOT EXISTS pg_visibility");
-    let checked = psql(
+    psql_at(port, "CREATE EXTENSION IF NOT EXISTS amcheck");
+    psql_at(port, "CREATE EXTENSION IF NOT EXISTS pg_visibility");
+    let checked = psql_at(
         port,
         "SELECT count(bt_index_check(c.oid, true)) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
          JOIN pg_am am ON am.oid = c.relam WHERE am.amname = 'btree' AND c.relpersistence = 'p'",
@@ -155,7 +140,7 @@ fn check_compute(port: u16, acked: &BTreeSet<i64>, unknown: &BTreeSet<i64>) {
         checked.parse::<u32>().expect("a count") > 10,
         "{checked} indexes checked"
     );
-    let bad = psql(
+    let bad = psql_at(
         port,
         "SELECT count(*) FROM pg_class c, LATERAL (SELECT * FROM pg_check_visible(c.oid) \
          UNION ALL SELECT * FROM pg_check_frozen(c.oid)) t WHERE c.relkind IN ('r', 'm') AND c.relpersistence = 'p'",
@@ -171,9 +156,9 @@ fn a_killed_compute_with_its_data_directory_deleted_loses_no_acknowledged_commit
     let cluster = cluster_dir.to_string_lossy().into_owned();
     let up = TarnUp::start(&cluster_dir, &["--port", &port.to_string()])
         .unwrap_or_else(|e| panic!("tarn up: {e}"));
-    assert_eq!(psql(port, "SHOW fsync"), "off");
-    assert_eq!(psql(port, "SHOW full_page_writes"), "off");
-    psql(
+    assert_eq!(psql_at(port, "SHOW fsync"), "off");
+    assert_eq!(psql_at(port, "SHOW full_page_writes"), "off");
+    psql_at(
         port,
         "CREATE TABLE tally (id bigint PRIMARY KEY, client int)",
     );
@@ -232,7 +217,7 @@ fn a_killed_compute_with_its_data_directory_deleted_loses_no_acknowledged_commit
         .status()
         .expect("pgbench on the new compute");
     assert!(more.success());
-    psql(endpoint_port, "INSERT INTO tally VALUES (-1, -1)");
+    psql_at(endpoint_port, "INSERT INTO tally VALUES (-1, -1)");
     stop_endpoint();
     drop(up);
 
@@ -242,6 +227,9 @@ fn a_killed_compute_with_its_data_directory_deleted_loses_no_acknowledged_commit
     let mut extra = unknown.clone();
     extra.insert(-1);
     check_compute(port, &acked, &extra);
-    assert_eq!(psql(port, "SELECT count(*) FROM tally WHERE id = -1"), "1");
+    assert_eq!(
+        psql_at(port, "SELECT count(*) FROM tally WHERE id = -1"),
+        "1"
+    );
     assert!(again.stop().success());
 }

@@ -30,7 +30,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::process::{Command, Output};
 
 use tarn_pages::basebackup::{BasebackupOptions, DirectorySink, EndpointConfig, write_basebackup};
 use tarn_pages::ingest::import::import_data_dir;
@@ -41,7 +40,8 @@ use tarn_pages::reconstruct::{get_page_at_lsn, get_slru_segment_size, materializ
 use tarn_pages::store::{Key, SlruKind, StoreConfig, TimelineStore};
 use tarn_pages::{BLCKSZ, Page};
 use tarn_tests::pgdata::{
-    DiffFormat, copy_tree, describe_diff, pg_controldata, redo_settings, wal_stream_params,
+    DiffFormat, copy_tree, describe_diff, pg_controldata, redo_settings, run_as_owner,
+    wal_stream_params,
 };
 use tarn_tests::{PgCluster, StopMode, TempDir, free_port, pg};
 use tarn_wal::Lsn;
@@ -109,26 +109,6 @@ fn freeze(cluster: &PgCluster, databases: &[&str]) {
     for db in databases {
         value(cluster, db, "VACUUM FREEZE");
     }
-}
-
-/// Runs a server-side tool as the owner of the data directory (`postgres` when we are
-/// root: pg_resetwal refuses to run as root).
-fn run_as_owner(tool: &Path, args: &[&str]) -> Output {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let mut command = if root {
-        let mut command = Command::new("runuser");
-        command.args(["-u", "postgres", "--"]).arg(tool);
-        command
-    } else {
-        Command::new(tool)
-    };
-    command
-        .args(args)
-        .env("LC_ALL", "C")
-        .current_dir("/")
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", tool.display()))
 }
 
 /// An SLRU's segment files under `root` (a data directory), by segment number.
