@@ -320,6 +320,10 @@ impl Proposer {
                 self.reconnect(i, format!("no answer for {timeout} ms"));
             }
         }
+        // A streaming proposer tells caught-up peers new commit LSNs here, once a tick,
+        // not after every commit: under load the next WAL append carries them anyway,
+        // and an extra append per commit cost ~9 % of pgbench's throughput.
+        self.flush_commit_updates();
     }
 
     pub fn on_message(&mut self, from: PeerIndex, msg: SafekeeperMessage) {
@@ -581,11 +585,20 @@ impl Proposer {
         self.send(peer, ProposerMessage::Append(append));
     }
 
+    /// After a commit or an answer: a sync proposer tells peers new commit LSNs at once
+    /// ([`Self::flush_commit_updates`]); a streaming one waits for the next tick.
+    fn send_commit_updates(&mut self) {
+        // A sync proposer has no WAL to carry its commit: it tells peers at once.
+        if self.settings.mode == ProposerMode::Sync {
+            self.flush_commit_updates();
+        }
+    }
+
     /// Tells caught-up peers a commit LSN they have not been sent, with an append that
     /// carries no WAL (peers still receiving WAL learn it from that WAL's appends). At
     /// most one commit-carrying append is unanswered per peer, so the answer to one
     /// never triggers another unless the commit LSN moved meanwhile.
-    fn send_commit_updates(&mut self) {
+    fn flush_commit_updates(&mut self) {
         if self.phase != Phase::Elected {
             return;
         }

@@ -280,6 +280,9 @@ fn caught_up_safekeepers_learn_the_commit_lsn_without_more_wal() {
     let mut c = streaming_cluster();
     c.wal(100);
     c.run();
+    // A streaming proposer sends commit updates on its tick.
+    c.tick(1);
+    c.run();
     let end = START.plus(100);
     assert_eq!(c.proposer.commit_lsn(), end);
     // The appends that carried the WAL went out before it was committed; only the
@@ -301,16 +304,22 @@ fn commit_updates_coalesce_while_one_is_unanswered() {
     let mut c = streaming_cluster();
     c.wal(100);
     c.run();
+    c.tick(1);
+    c.run();
     let c1 = START.plus(100);
     let before = c.commit_updates(2).len();
     // Safekeeper #2 stops answering (it still receives and handles everything).
     c.held[2] = true;
     c.wal(100);
     c.run();
+    c.tick(1);
+    c.run();
     let c2 = START.plus(200);
     assert_eq!(c.proposer.commit_lsn(), c2);
     assert_eq!(c.commit_updates(2).len(), before + 1, "one update for #2");
     c.wal(100);
+    c.run();
+    c.tick(1);
     c.run();
     let c3 = START.plus(300);
     assert_eq!(c.proposer.commit_lsn(), c3);
@@ -322,6 +331,8 @@ fn commit_updates_coalesce_while_one_is_unanswered() {
     );
     assert!(c.commit_on(2) >= c1);
     c.release(2);
+    c.tick(1);
+    c.run();
     assert_eq!(c.commit_updates(2).last(), Some(&c3));
     assert_eq!(c.commit_updates(2).len(), before + 2);
     assert_eq!(c.commit_on(2), c3);
