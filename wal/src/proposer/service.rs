@@ -141,6 +141,31 @@ pub(super) enum LinkCommand {
     Close,
 }
 
+/// Sends `msg` to safekeeper `to`; a link whose thread is gone is a disconnect.
+pub(super) fn send_to_link(
+    links: &mut [Option<Link>],
+    core: &mut Proposer,
+    to: PeerIndex,
+    msg: &crate::protocol::ProposerMessage,
+) {
+    if let Some(link) = &links[to]
+        && link
+            .commands
+            .send(LinkCommand::Send(encode_proposer_message(msg)))
+            .is_err()
+    {
+        links[to] = None;
+        core.on_disconnected(to);
+    }
+}
+
+/// Drops the link to safekeeper `peer` (the core asked for a new connection).
+pub(super) fn close_link(links: &mut [Option<Link>], peer: PeerIndex) {
+    if let Some(link) = links[peer].take() {
+        let _ = link.commands.try_send(LinkCommand::Close);
+    }
+}
+
 pub(super) struct Link {
     pub(super) generation: u64,
     pub(super) commands: mpsc::SyncSender<LinkCommand>,
@@ -430,21 +455,11 @@ impl EventLoop {
             for out in outputs {
                 match out {
                     ProposerOutput::Send { to, msg } => {
-                        if let Some(link) = &self.links[to]
-                            && link
-                                .commands
-                                .send(LinkCommand::Send(encode_proposer_message(&msg)))
-                                .is_err()
-                        {
-                            self.links[to] = None;
-                            core.on_disconnected(to);
-                        }
+                        send_to_link(&mut self.links, core, to, &msg);
                     }
                     ProposerOutput::Reconnect { peer, reason } => {
                         tracing::warn!("reconnecting to safekeeper #{peer}: {reason}");
-                        if let Some(link) = self.links[peer].take() {
-                            let _ = link.commands.try_send(LinkCommand::Close);
-                        }
+                        close_link(&mut self.links, peer);
                     }
                     ProposerOutput::StartStreaming { from } => {
                         tracing::info!(

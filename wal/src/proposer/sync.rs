@@ -16,11 +16,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use crate::protocol::{SafekeeperMessage, encode_proposer_message};
+use crate::protocol::SafekeeperMessage;
 use crate::{Lsn, SystemId, TimelineId};
 
 use super::core::{PeerIndex, Phase, Proposer, ProposerMode, ProposerOutput, ProposerSettings};
-use super::service::{Event, Link, LinkCommand, ProposerError, TICK, spawn_links};
+use super::service::{Event, Link, ProposerError, TICK, close_link, send_to_link, spawn_links};
 
 /// PG_VERSION_NUM announced by a sync proposer: tarn serves PostgreSQL 15 only,
 /// safekeepers compare major versions only, and there is no Postgres to ask for its
@@ -224,22 +224,12 @@ impl SyncLoop {
             for out in outputs {
                 match out {
                     ProposerOutput::Send { to, msg } => {
-                        if let Some(link) = &self.links[to]
-                            && link
-                                .commands
-                                .send(LinkCommand::Send(encode_proposer_message(&msg)))
-                                .is_err()
-                        {
-                            self.links[to] = None;
-                            core.on_disconnected(to);
-                        }
+                        send_to_link(&mut self.links, core, to, &msg);
                     }
                     ProposerOutput::Reconnect { peer, reason } => {
                         tracing::warn!("reconnecting to safekeeper #{peer}: {reason}");
                         self.problems[peer] = Some(reason);
-                        if let Some(link) = self.links[peer].take() {
-                            let _ = link.commands.try_send(LinkCommand::Close);
-                        }
+                        close_link(&mut self.links, peer);
                     }
                     ProposerOutput::StartStreaming { from } => {
                         tracing::info!(
